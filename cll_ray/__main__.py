@@ -1,0 +1,3 @@
+from cll_ray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Self-describing task checkpoints, written atomically and loaded without unpickling arbitrary objects.
+
+A checkpoint is one ``torch.save`` file of tensors, strings, numbers, lists and dicts only (``weights_only=True``
+loads it): the resolved config, the grown tokenizer (`tokenizers` JSON), the embedding matrix with its
+token frequencies, the method's state, the completed-task records and the base model's fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cll_ray.config import ExperimentConfig
+from cll_ray.io import atomic_path
+
+FORMAT = "cll-ray-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, cfg: ExperimentConfig, learner_state: dict, base_fingerprint: str,
+                    extra: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "config": json.dumps(cfg.to_dict()),
+        "base_fingerprint": base_fingerprint,
+        "learner": {**learner_state, "tasks": json.dumps(learner_state["tasks"])},
+        "extra": json.dumps(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Returns {"config": ExperimentConfig, "learner": state for ContinualLearner.load_state_dict, ...}."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path}: not a readable cll-ray checkpoint ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a cll-ray checkpoint (expected format {FORMAT})")
+    learner = dict(payload["learner"])
+    learner["tasks"] = json.loads(learner["tasks"])
+    return {
+        "config": ExperimentConfig.from_dict(json.loads(payload["config"])),
+        "base_fingerprint": payload["base_fingerprint"],
+        "learner": learner,
+        "extra": json.loads(payload["extra"]),
+    }

@@ -1,0 +1,152 @@
+"""One continual learner: the state that carries across language tasks, and the per-task steps around the engine.
+
+Per task (method.md §1.4-§2.2, §4): train the language's BPE on its training captions, grow the tokenizer and
+the embedding (the method picks the new rows' distribution), compute the task token set T_t and the TEIR scale
+r_i, train with the engine, keep the best epoch, then count the task's tokens in the frequency buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cll_ray import dataset as ds
+from cll_ray.base_model import BaseModel
+from cll_ray.config import ExperimentConfig
+from cll_ray.embedding import teir_row_scale
+from cll_ray.engine import RetrievalSet, TaskModule, TaskOutcome, TrainSet, evaluate, train_one_task
+from cll_ray.features import FeatureStore
+from cll_ray.losses import CLLLoss
+from cll_ray.methods import build_method
+from cll_ray.model import TextStudent
+from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe
+
+
+@dataclass
+class PreparedTask:
+    lang: str
+    index: int
+    growth: GrowthStats
+    task_tokens: np.ndarray  # T_t: ids of the task's training captions, no BOS/EOS, no truncation
+    row_scale: torch.Tensor  # r_i for every row
+    train: TrainSet
+    val: RetrievalSet
+
+
+class ContinualLearner:
+    """The student, its growing tokenizer and the method, over a dataset in the canonical layout."""
+
+    def __init__(self, base: BaseModel, features: FeatureStore, dataset_dir: str | Path, cfg: ExperimentConfig):
+        self.base = base
+        self.features = features
+        self.dataset_dir = Path(dataset_dir)
+        self.cfg = cfg
+        self.method = build_method(cfg.method)
+        self.student = TextStudent(base.clip, base.tokenizer.eos_id)
+        self.tokenizer: ClipBPE = base.tokenizer
+        self.tasks: list[dict] = []  # one record per completed task
+        self._split_images = ds.image_ids_by_split(self.dataset_dir)
+
+    @property
+    def context_length(self) -> int:
+        return self.student.context_length
+
+    # ---- data -----------------------------------------------------------------------------------------------
+    def retrieval_set(self, lang: str, split: str, tokenizer: ClipBPE | None = None) -> RetrievalSet:
+        """``lang``'s captions of ``split`` against every image of that split."""
+        tokenizer = tokenizer or self.tokenizer
+        caps = ds.read_captions(self.dataset_dir, lang, splits=(split,))
+        images = self._split_images[split]
+        position = {image_id: i for i, image_id in enumerate(images)}
+        return RetrievalSet(
+            ids=torch.from_numpy(tokenizer.encode(caps.captions, self.context_length)),
+            caption_image=np.array([position[i] for i in caps.image_ids], dtype=np.int64),
+            image_features=self.features.image_features[self.features.image_rows(images)],
+        )
+
+    def _train_set(self, lang: str, caps: ds.CaptionTable) -> TrainSet:
+        english = caps.captions if lang == "en" else caps.captions_en  # for en, x_tgt = x_en (§3)
+        image_rows = self.features.image_rows(caps.image_ids)
+        return TrainSet(
+            ids=torch.from_numpy(self.tokenizer.encode(caps.captions, self.context_length)),
+            teacher=torch.from_numpy(self.features.text_features[self.features.text_rows(english)]),
+            image=torch.from_numpy(self.features.image_features[image_rows]),
+            image_index=torch.from_numpy(image_rows),
+        )
+
+    # ---- the task steps -------------------------------------------------------------------------------------
+    def begin_task(self, lang: str) -> PreparedTask:
+        """Grow tokenizer and embedding for ``lang`` and build its training data."""
+        index = len(self.tasks)
+        caps = ds.read_captions(self.dataset_dir, lang, splits=("train",), require_english=lang != "en")
+        language_bpe = train_bpe(caps.captions, self.cfg.model.language_vocab_size)
+        self.tokenizer, growth = grow(self.tokenizer, language_bpe, lang)
+        embedding = self.student.token_embedding
+        mean, std = self.method.new_row_distribution(embedding)
+        # Seeded per task (the reference is not), so a resumed run draws the same rows.
+        generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + index)
+        embedding.grow(self.tokenizer.size, mean, std, generator=generator)
+        task_tokens = self.tokenizer.token_set(caps.captions)
+        row_scale = teir_row_scale(
+            self.tokenizer.size, torch.from_numpy(task_tokens), embedding.token_frequencies,
+            self.tokenizer.special_ids, self.cfg.method.freq_power,
+        )
+        return PreparedTask(lang, index, growth, task_tokens, row_scale, self._train_set(lang, caps),
+                            self.retrieval_set(lang, "val"))
+
+    def task_module(self) -> TaskModule:
+        """Student + a fresh loss (τ re-created at its initial value every task)."""
+        m = self.cfg.method
+        return TaskModule(self.student, CLLLoss(m.cross_lingual_weight, m.cross_modal_weight, m.temperature))
+
+    def train_task(self, task: PreparedTask, progress: bool = True, on_step=None) -> TaskOutcome:
+        train = self.cfg.train
+        torch.manual_seed(train.seed)  # seed_everything(42) at every task's fit (§4)
+        generator = torch.Generator().manual_seed(train.seed)
+        steps = len(task.train) // train.batch_size
+        if steps == 0:
+            raise ValueError(f"{task.lang}: {len(task.train)} training captions < batch size {train.batch_size}")
+        return train_one_task(
+            self.task_module(), self.method, task.row_scale,
+            epoch_batches=lambda epoch: task.train.batches(train.batch_size, generator),
+            steps_per_epoch=steps, train=train,
+            validate=lambda: evaluate(self.student, task.val, train.eval_batch_size),
+            progress=progress, on_step=on_step, desc=f"task {task.index + 1} {task.lang}",
+        )
+
+    def end_task(self, task: PreparedTask, outcome: TaskOutcome) -> dict:
+        """Count the task's tokens once (f_i += 1) and record the task."""
+        self.student.token_embedding.commit_task_tokens(torch.from_numpy(task.task_tokens))
+        self.method.end_task(task.lang)
+        record = {"lang": task.lang, "index": task.index, "growth": asdict(task.growth),
+                  "num_task_tokens": int(len(task.task_tokens)), "best_epoch": outcome.best_epoch,
+                  "best_val": outcome.best_val, "history": outcome.history, "steps": outcome.steps}
+        self.tasks.append(record)
+        return record
+
+    def learn(self, lang: str, progress: bool = True, on_step=None) -> dict:
+        task = self.begin_task(lang)
+        return self.end_task(task, self.train_task(task, progress=progress, on_step=on_step))
+
+    def evaluate(self, lang: str, split: str = "test") -> dict[str, float]:
+        return evaluate(self.student, self.retrieval_set(lang, split), self.cfg.train.eval_batch_size)
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything that carries across tasks, as tensors and plain values (no pickled objects)."""
+        return {
+            "tokenizer": self.tokenizer.to_json(),
+            "embedding": {k: v.detach().cpu() for k, v in self.student.token_embedding.state_dict().items()},
+            "method": self.method.state_dict(),
+            "tasks": self.tasks,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokenizer = ClipBPE.from_json(state["tokenizer"])
+        self.student.token_embedding.load_state_dict(state["embedding"])
+        self.student.freeze_backbone()
+        self.method.load_state_dict(state["method"])
+        self.tasks = list(state["tasks"])

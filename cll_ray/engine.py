@@ -1,0 +1,161 @@
+"""Framework-free training and evaluation loops for one language task (method.md §4, §6.1).
+
+The Ray Train worker calls the same functions; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cll_ray.config import TrainConfig
+from cll_ray.losses import CLLLoss
+from cll_ray.methods.base import Method
+from cll_ray.metrics import retrieval_metrics
+from cll_ray.model import TextStudent
+from cll_ray.optim import warmup_constant
+
+
+class TaskModule(nn.Module):
+    """Student + loss as one module, so a data-parallel wrapper's ``forward`` sees every trainable parameter."""
+
+    def __init__(self, student: TextStudent, loss: CLLLoss) -> None:
+        super().__init__()
+        self.student = student
+        self.loss = loss
+
+    def forward(self, ids, teacher, image, image_index) -> dict[str, torch.Tensor]:
+        return self.loss(self.student(ids), teacher, image, image_index)
+
+
+@dataclass
+class TrainSet:
+    """One task's training rows: target-caption ids and the cached teacher features they are paired with."""
+
+    ids: torch.Tensor  # (N, L) int64
+    teacher: torch.Tensor  # (N, E) teacher text embedding of the English source caption
+    image: torch.Tensor  # (N, E) teacher image embedding
+    image_index: torch.Tensor  # (N,) image identity, for soft contrastive targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterable[dict[str, torch.Tensor]]:
+        """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference)."""
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(self) - batch_size + 1, batch_size):
+            rows = order[start : start + batch_size]
+            yield {"ids": trim_padding(self.ids[rows]), "teacher": self.teacher[rows], "image": self.image[rows],
+                   "image_index": self.image_index[rows]}
+
+
+@dataclass
+class RetrievalSet:
+    """Captions of one language and split, and the images they are retrieved against."""
+
+    ids: torch.Tensor  # (N_captions, L)
+    caption_image: np.ndarray  # (N_captions,) row into image_features
+    image_features: np.ndarray  # (N_images, E)
+
+
+@dataclass
+class TaskOutcome:
+    best_epoch: int
+    best_val: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop all-padding columns at the end (padding to the longest in the batch; exact under the causal mask)."""
+    nonpad = (ids != 0).any(dim=0).nonzero()
+    width = int(nonpad.max()) + 1 if len(nonpad) else 1
+    return ids[:, :width]
+
+
+@torch.no_grad()
+def encode_texts(student: TextStudent, ids: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    was_training = student.training
+    student.eval()
+    out = [student(trim_padding(ids[i : i + batch_size])).float() for i in range(0, len(ids), batch_size)]
+    student.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+
+
+def evaluate(student: TextStudent, data: RetrievalSet, batch_size: int = 1024) -> dict[str, float]:
+    """t2i/i2t R@1/5/10 and r_mean of the student's text embeddings against the cached image embeddings."""
+    return retrieval_metrics(encode_texts(student, data.ids, batch_size), data.image_features, data.caption_image)
+
+
+def train_one_task(
+    module: nn.Module,
+    method: Method,
+    row_scale: torch.Tensor,
+    epoch_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]],
+    steps_per_epoch: int,
+    train: TrainConfig,
+    validate: Callable[[], dict[str, float]],
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    desc: str = "train",
+) -> TaskOutcome:
+    """Train one task; keep the epoch with the best current-language val ``r_mean`` (restored at the end).
+
+    ``module`` is a ``TaskModule`` or a data-parallel wrapper of one: the forward of the wrapper is what runs,
+    so gradients are synchronized. AdamW (fresh), 10% linear warm-up then constant, grad-norm clip, NaN guard.
+    """
+    core: TaskModule = getattr(module, "module", module)
+    embedding = core.student.token_embedding.weight
+    others = [p for n, p in core.named_parameters() if p.requires_grad and p is not embedding]
+    optimizer = method.build_optimizer(embedding, others, row_scale, train)
+    total = steps_per_epoch * train.epochs
+    scheduler = warmup_constant(optimizer, int(train.warmup_ratio * total))
+    trainable = [p for p in core.parameters() if p.requires_grad]
+
+    history: list[dict] = []
+    best_epoch, best_val, best_state = -1, None, None
+    step = 0
+    bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
+    for epoch in range(train.epochs):
+        module.train()
+        running: dict[str, float] = {}
+        for batch in epoch_batches(epoch):
+            terms = module(batch["ids"], batch["teacher"], batch["image"], batch["image_index"])
+            extra = method.extra_loss_terms(batch, terms)
+            loss = terms["loss"] + sum(extra.values())
+            terms.update(extra)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step} (epoch {epoch})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            scalars = {k: float(v.detach()) for k, v in terms.items()}
+            scalars["lr"] = scheduler.get_last_lr()[0]
+            scalars["temperature"] = float(core.loss.temperature.detach())
+            for k, v in scalars.items():
+                running[k] = running.get(k, 0.0) + v
+            if on_step is not None:
+                on_step(step, scalars)
+            bar.update(1)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+        val = validate()
+        if best_val is None or val["r_mean"] > best_val["r_mean"]:
+            best_epoch, best_val = epoch, val
+            best_state = copy.deepcopy(core.student.token_embedding.state_dict())
+        history.append({"epoch": epoch, "steps": step, **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in running.items()},
+                        **{f"val_{k}": v for k, v in val.items()}})
+    bar.close()
+    if best_state is None:
+        raise ValueError(f"{desc}: no training epoch ran (epochs={train.epochs})")
+    core.student.token_embedding.load_state_dict(best_state)  # carry the best epoch forward (§4)
+    return TaskOutcome(best_epoch=best_epoch, best_val=best_val, history=history, steps=step)

@@ -1,0 +1,96 @@
+"""The CLL-CLIP student (method.md §1): CLIP's frozen text tower over an expandable token embedding.
+
+Every open_clip attribute access lives here, so the rest of the project depends only on ``TextStudent`` and
+``build_clip``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import open_clip
+import torch
+from torch import nn
+
+from cll_ray.embedding import ExpandableTokenEmbedding
+
+_REGISTERED = False
+
+
+def register_model_configs() -> None:
+    """Register the project's architectures (``cll_ray/model_configs/*.json``) with open_clip."""
+    global _REGISTERED
+    if not _REGISTERED:
+        open_clip.add_model_config(resources.files("cll_ray") / "model_configs")
+        _REGISTERED = True
+
+
+def build_clip(arch: str, vocab_size: int, eos_id: int, pretrained: str | None = None) -> open_clip.CLIP:
+    """An open_clip CLIP of architecture ``arch`` with a text vocabulary of ``vocab_size`` tokens.
+
+    ``pretrained`` is a local weights file; nothing is ever downloaded.
+    """
+    register_model_configs()
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip architecture '{arch}'")
+    text_cfg = dict(cfg["text_cfg"], vocab_size=vocab_size, eos_id=eos_id, pool_type="eos")
+    if pretrained:
+        model = open_clip.create_model(arch, pretrained=pretrained, text_cfg=text_cfg, require_pretrained=True)
+    else:
+        model = open_clip.create_model(arch, pretrained=None, text_cfg=text_cfg)
+    return model
+
+
+def context_length_of(arch: str) -> int:
+    register_model_configs()
+    return int(open_clip.get_model_config(arch)["text_cfg"].get("context_length", 77))
+
+
+def eos_first_pool(hidden: torch.Tensor, ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Hidden state at the FIRST occurrence of ``eos_id`` in each row (method.md §1.3, trap 2).
+
+    open_clip's ``argmax(ids)`` pooling assumes EOS is the largest id, which stops being true once new tokens are
+    appended after it. A row without EOS (cannot happen with our tokenizer) pools at its last position.
+    """
+    is_eos = ids == eos_id  # (B, L)
+    last = torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), last)
+    return hidden[torch.arange(ids.shape[0], device=ids.device), first]  # (B, D)
+
+
+class TextStudent(nn.Module):
+    """CLIP's text tower with an expandable token embedding; only the embedding is trainable by default."""
+
+    def __init__(self, clip: open_clip.CLIP, eos_id: int) -> None:
+        super().__init__()
+        self.token_embedding = ExpandableTokenEmbedding(clip.token_embedding.weight)
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.eos_id = eos_id
+        self.freeze_backbone()
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    def freeze_backbone(self) -> None:
+        """Freeze everything but the token embedding (position table, blocks, final LN, projection: §1.2)."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("token_embedding."))
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("token_embedding.")}
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Unnormalized sentence embeddings ``s = W_proj · LN(h_L)[first EOS]``: (B, L) -> (B, E)."""
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
+        mask = self.attn_mask[: ids.shape[1], : ids.shape[1]]
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        pooled = eos_first_pool(x, ids, self.eos_id)  # (B, D)
+        proj = self.text_projection
+        return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj  # (B, E)
