@@ -6,6 +6,7 @@ Every open_clip attribute access lives here, so the rest of the project depends 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib import resources
 
 import open_clip
@@ -40,6 +41,18 @@ def build_clip(arch: str, vocab_size: int, eos_id: int, pretrained: str | None =
     else:
         model = open_clip.create_model(arch, pretrained=None, text_cfg=text_cfg)
     return model
+
+
+@contextmanager
+def attention_backend(device: torch.device | str = "cpu"):
+    """On CPU, the plain (math) attention kernel: 1.2-2x faster than the CPU flash kernel at CLIP-text lengths."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def context_length_of(arch: str) -> int:
@@ -89,7 +102,8 @@ class TextStudent(nn.Module):
         """Unnormalized sentence embeddings ``s = W_proj · LN(h_L)[first EOS]``: (B, L) -> (B, E)."""
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         mask = self.attn_mask[: ids.shape[1], : ids.shape[1]]
-        x = self.transformer(x, attn_mask=mask)
+        with attention_backend(ids.device):
+            x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         pooled = eos_first_pool(x, ids, self.eos_id)  # (B, D)
         proj = self.text_projection

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from cll_ray import dataset as ds
 from cll_ray.base_model import BaseModel
 from cll_ray.metrics import retrieval_metrics
-from cll_ray.model import build_clip
+from cll_ray.model import attention_backend, build_clip
 from cll_ray.tokenization import train_bpe
 
 
@@ -30,13 +30,13 @@ from cll_ray.tokenization import train_bpe
 class PretrainConfig:
     arch: str = "cll-synthclip-4L-128"
     vocab_size: int = 1000
-    steps: int = 1800
+    steps: int = 560
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_ratio: float = 0.05
     seed: int = 0
-    eval_every: int = 200
+    eval_every: int = 100
     bf16: bool = True
 
 
@@ -112,7 +112,7 @@ def pretrain(dataset_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), pr
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         clip.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16), attention_backend():
             img_f, txt_f, scale = clip(base.preprocess(pixels[batch]), text)
         logits = scale.float() * F.normalize(img_f.float(), dim=-1) @ F.normalize(txt_f.float(), dim=-1).T
         labels = torch.arange(len(batch))

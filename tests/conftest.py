@@ -1,0 +1,36 @@
+import os
+
+# No GPU, no network, quiet Ray: set before anything imports torch or ray.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+TINY_LANGS = ["en", "fr", "de", "ru", "zh"]
+
+
+@pytest.fixture(scope="session")
+def tiny_synthxm(tmp_path_factory):
+    """A tiny SynthXM in five languages (Latin, Cyrillic, Han scripts)."""
+    from cll_ray.synthxm import generate_synthxm
+
+    out = tmp_path_factory.mktemp("data") / "synthxm-tiny"
+    generate_synthxm(out, size="tiny", languages=TINY_LANGS, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shipped_base():
+    from cll_ray.base_model import BaseModel, shipped_base_dir
+
+    return BaseModel.load(shipped_base_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_synthxm, shipped_base, tmp_path_factory):
+    from cll_ray.features import load_or_compute_features
+
+    return load_or_compute_features(tiny_synthxm, shipped_base, tmp_path_factory.mktemp("cache"), progress=False)

@@ -1,0 +1,45 @@
+"""Config merge order, strictness, presets and round trips."""
+
+import pytest
+import yaml
+
+from cll_ray.config import ConfigError, ExperimentConfig, load_config, method_presets, parse_override, save_config
+
+
+def test_presets_resolve_inherit_from():
+    presets = method_presets()
+    teir = presets["cll_clip_teir"]
+    assert teir["init"] == "teir" and teir["grad_scale"] and teir["decay_scale"]
+    assert teir["cross_modal_weight"] == 0.01  # inherited from cll_clip
+    assert presets["cll_clip"]["init_std"] == 0.02 and not presets["cll_clip"].get("grad_scale", False)
+    assert "_teir" not in presets  # fragments are not runnable methods
+
+
+def test_overrides_win_and_are_typed():
+    cfg = load_config(method="cll_clip_teir", overrides=["train.lr=3e-5", "run.languages=en,fr", "method.freq_power=2"])
+    assert cfg.train.lr == 3e-5 and cfg.run.languages == ("en", "fr")
+    assert cfg.method.freq_power == 2.0 and cfg.method.name == "cll_clip_teir"
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("train.lrr=1", "unknown config key 'train.lrr'"), ("train.epochs=1.5", "expected an integer"),
+     ("method.grad_scale=maybe", "expected true/false"), ("nokey", "not of the form")],
+)
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_unknown_method_is_an_error():
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        load_config(method="nope")
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(method="cll_clip_teir", overrides=["train.seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = ExperimentConfig.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves nothing behind
