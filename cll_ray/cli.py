@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+
+# Set before Ray is imported: workers use this interpreter as it is (no per-job uv environment), quiet bars.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -50,47 +55,40 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cll_ray.checkpoint import save_checkpoint
-    from cll_ray.config import load_config, save_config
-    from cll_ray.features import load_or_compute_features
-    from cll_ray.sequence import (
-        cll_ray_home,
-        format_cl_table,
-        resolve_base,
-        resolve_dataset,
-        run_sequence,
-        write_jsonl,
-    )
+    from cll_ray.config import load_config
+    from cll_ray.driver import load_run_configs, run_experiment
+    from cll_ray.report import build_report, final_table
 
-    methods = args.methods.split(",") if args.methods else [None]
-    configs = {m: load_config(args.config, method=m, overrides=args.overrides) for m in methods}
-    first = next(iter(configs.values()))
-    if args.langs:
-        configs = {m: replace(c, run=replace(c.run, languages=tuple(args.langs.split(",")))) for m, c in configs.items()}
-    dataset = resolve_dataset(first)
-    base = resolve_base(first, dataset)
-    features = load_or_compute_features(dataset, base, cll_ray_home(first))
-    run_dir = Path(first.run.output_dir).expanduser().resolve() / (first.run.name or time.strftime("run-%Y%m%d-%H%M%S"))
-    results = {}
-    for cfg in configs.values():
-        out = run_dir / cfg.method.name
-        save_config(cfg, out / "config.yaml")
-        print(f"== {cfg.method.name}: {' -> '.join(cfg.run.languages)}")
-
-        def on_task(learner, row, out=out, cfg=cfg):
-            save_checkpoint(out / "checkpoints" / f"task{row['task']:02d}-{row['lang']}.pt", cfg, learner.state_dict(),
-                            base.fingerprint)
-            cl = row["cl"]["t2i_r1"]
-            print(f"  task {row['task'] + 1} {row['lang']}: t2i R@1 per language "
-                  f"{' '.join(f'{v:.1f}' for v in row['scores']['t2i_r1'])} | AA {cl['AA']:.1f} F {cl['F']:.1f} "
-                  f"({row['seconds']:.0f}s)", flush=True)
-
-        results[cfg.method.name] = run_sequence(cfg, base, features, dataset, progress=not args.quiet, on_task=on_task)
-        write_jsonl(out / "results.jsonl", results[cfg.method.name].rows)
+    started = time.time()
+    if args.resume:
+        run_dir = Path(args.resume).expanduser().resolve()
+        configs = load_run_configs(run_dir)
+        print(f"resuming {run_dir}: {', '.join(configs)}")
+    else:
+        overrides = list(args.overrides)
+        if args.langs:
+            overrides.append(f"run.languages=[{args.langs}]")
+        if args.workers is not None:
+            overrides.append(f"run.num_workers={args.workers}")
+        methods = args.methods.split(",")
+        configs = {m: load_config(args.config, method=m, overrides=overrides) for m in methods}
+        first = next(iter(configs.values()))
+        name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
+        run_dir = Path(first.run.output_dir).expanduser().resolve() / name
+        print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
+    outcomes = run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
+    report = build_report([run_dir])
     print()
-    print(format_cl_table(results))
-    print(f"\nrun directory: {run_dir}")
+    print(final_table({m: o["rows"] for m, o in outcomes.items()}))
+    print(f"\nreport: {report}\nTensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    print(f"wall time: {time.time() - started:.0f}s")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cll_ray.report import main as report_main
+
+    return report_main(args.run_dirs + (["--out", args.out] if args.out else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="experiment YAML (a small diff over the defaults)")
     run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets")
     run.add_argument("--langs", help="comma-separated task order (default: run.languages)")
+    run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="rebuild report.md and plots from one or more run directories")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--out", help="output folder (default: the first run directory)")
+    rep.set_defaults(func=_report)
     return parser
 
 

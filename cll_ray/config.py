@@ -72,9 +72,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    languages: tuple[str, ...] = ("en", "fr", "de", "ru", "ar", "hi", "zh", "ja")
-    output_dir: str = "runs"
-    name: str = ""
+    languages: tuple[str, ...] = ("en", "fr", "de", "ru", "ar", "hi", "zh", "ja")  # the task order
+    output_dir: str = "runs"  # run directories go here (use shared storage on a multi-node cluster)
+    name: str = ""  # "" = a timestamp
+    storage_path: str = ""  # Ray Train checkpoints: a local/NFS path or a cloud URI; "" = <run dir>/train
+    num_workers: int = 2  # Ray Train workers per method (0 = local mode, in the driver process)
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional, so Ray Data keeps CPUs on small machines (ray.md §2)
+    max_failures: int = 2  # worker-group restarts from the last task checkpoint
 
 
 @dataclass(frozen=True)

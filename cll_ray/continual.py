@@ -32,7 +32,7 @@ class PreparedTask:
     growth: GrowthStats
     task_tokens: np.ndarray  # T_t: ids of the task's training captions, no BOS/EOS, no truncation
     row_scale: torch.Tensor  # r_i for every row
-    train: TrainSet
+    train: TrainSet | None  # None when the rows come from elsewhere (a Ray Data shard)
     val: RetrievalSet
 
 
@@ -78,12 +78,17 @@ class ContinualLearner:
         )
 
     # ---- the task steps -------------------------------------------------------------------------------------
-    def begin_task(self, lang: str) -> PreparedTask:
+    def grown_tokenizer(self, lang: str, captions: list[str] | None = None) -> tuple[ClipBPE, GrowthStats]:
+        """The current tokenizer grown by ``lang``'s BPE (trained on its training captions); a pure function."""
+        if captions is None:
+            captions = ds.read_captions(self.dataset_dir, lang, splits=("train",)).captions
+        return grow(self.tokenizer, train_bpe(captions, self.cfg.model.language_vocab_size), lang)
+
+    def begin_task(self, lang: str, build_train: bool = True) -> PreparedTask:
         """Grow tokenizer and embedding for ``lang`` and build its training data."""
         index = len(self.tasks)
         caps = ds.read_captions(self.dataset_dir, lang, splits=("train",), require_english=lang != "en")
-        language_bpe = train_bpe(caps.captions, self.cfg.model.language_vocab_size)
-        self.tokenizer, growth = grow(self.tokenizer, language_bpe, lang)
+        self.tokenizer, growth = self.grown_tokenizer(lang, caps.captions)
         embedding = self.student.token_embedding
         mean, std = self.method.new_row_distribution(embedding)
         # Seeded per task (the reference is not), so a resumed run draws the same rows.
@@ -94,24 +99,40 @@ class ContinualLearner:
             self.tokenizer.size, torch.from_numpy(task_tokens), embedding.token_frequencies,
             self.tokenizer.special_ids, self.cfg.method.freq_power,
         )
-        return PreparedTask(lang, index, growth, task_tokens, row_scale, self._train_set(lang, caps),
-                            self.retrieval_set(lang, "val"))
+        train = self._train_set(lang, caps) if build_train else None
+        return PreparedTask(lang, index, growth, task_tokens, row_scale, train, self.retrieval_set(lang, "val"))
 
     def task_module(self) -> TaskModule:
         """Student + a fresh loss (τ re-created at its initial value every task)."""
         m = self.cfg.method
         return TaskModule(self.student, CLLLoss(m.cross_lingual_weight, m.cross_modal_weight, m.temperature))
 
-    def train_task(self, task: PreparedTask, progress: bool = True, on_step=None) -> TaskOutcome:
+    def train_task(
+        self,
+        task: PreparedTask,
+        train_set: TrainSet | None = None,
+        batch_size: int | None = None,
+        steps_per_epoch: int | None = None,
+        wrap=None,
+        device: torch.device | None = None,
+        progress: bool = True,
+        on_step=None,
+    ) -> TaskOutcome:
+        """Train the prepared task. A data-parallel worker passes its shard, its share of the batch, the step
+        count all ranks agree on, and ``wrap`` (e.g. Ray's ``prepare_model``) for the task module."""
         train = self.cfg.train
+        train_set = train_set if train_set is not None else task.train
+        batch_size = batch_size or train.batch_size
         torch.manual_seed(train.seed)  # seed_everything(42) at every task's fit (§4)
         generator = torch.Generator().manual_seed(train.seed)
-        steps = len(task.train) // train.batch_size
+        steps = steps_per_epoch if steps_per_epoch is not None else len(train_set) // batch_size
         if steps == 0:
-            raise ValueError(f"{task.lang}: {len(task.train)} training captions < batch size {train.batch_size}")
+            raise ValueError(f"{task.lang}: {len(train_set)} training captions < batch size {batch_size}")
+        module = self.task_module()
+        module = wrap(module) if wrap is not None else module
         return train_one_task(
-            self.task_module(), self.method, task.row_scale,
-            epoch_batches=lambda epoch: task.train.batches(train.batch_size, generator),
+            module, self.method, task.row_scale,
+            epoch_batches=lambda epoch: train_set.batches(batch_size, generator, steps=steps, device=device),
             steps_per_epoch=steps, train=train,
             validate=lambda: evaluate(self.student, task.val, train.eval_batch_size),
             progress=progress, on_step=on_step, desc=f"task {task.index + 1} {task.lang}",

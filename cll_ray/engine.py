@@ -43,17 +43,24 @@ class TrainSet:
     teacher: torch.Tensor  # (N, E) teacher text embedding of the English source caption
     image: torch.Tensor  # (N, E) teacher image embedding
     image_index: torch.Tensor  # (N,) image identity, for soft contrastive targets
+    keys: torch.Tensor | None = None  # (N,) stable row keys, when the rows came from a data shard
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterable[dict[str, torch.Tensor]]:
-        """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference)."""
+    def batches(self, batch_size: int, generator: torch.Generator, steps: int | None = None,
+                device: torch.device | None = None) -> Iterable[dict[str, torch.Tensor]]:
+        """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference).
+
+        ``steps`` caps the count so that every data-parallel rank takes the same number of steps.
+        """
         order = torch.randperm(len(self), generator=generator)
-        for start in range(0, len(self) - batch_size + 1, batch_size):
+        count = len(self) // batch_size if steps is None else min(steps, len(self) // batch_size)
+        for start in range(0, count * batch_size, batch_size):
             rows = order[start : start + batch_size]
-            yield {"ids": trim_padding(self.ids[rows]), "teacher": self.teacher[rows], "image": self.image[rows],
-                   "image_index": self.image_index[rows]}
+            batch = {"ids": trim_padding(self.ids[rows]), "teacher": self.teacher[rows], "image": self.image[rows],
+                     "image_index": self.image_index[rows]}
+            yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 @dataclass
@@ -84,7 +91,8 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
 def encode_texts(student: TextStudent, ids: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
     was_training = student.training
     student.eval()
-    out = [student(trim_padding(ids[i : i + batch_size])).float() for i in range(0, len(ids), batch_size)]
+    device = student.token_embedding.weight.device
+    out = [student(trim_padding(ids[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(ids), batch_size)]
     student.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 

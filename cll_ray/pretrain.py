@@ -76,6 +76,7 @@ def pretrain(dataset_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), pr
     tokenizer = train_bpe(caps.captions, cfg.vocab_size)
     images = ds.read_images(dataset_dir, splits=("pretrain",))
     image_ids = images.column("image_id").to_pylist()
+    torch.manual_seed(cfg.seed)  # right before the weights are drawn
     clip = build_clip(cfg.arch, tokenizer.size, tokenizer.eos_id)
     base = BaseModel(clip=clip, tokenizer=tokenizer, arch=cfg.arch)
     pixels = ds.decode_images(images, dataset_dir, base.image_size)  # (N, S, S, 3) uint8

@@ -1,7 +1,8 @@
-"""Resolve a run's inputs (dataset, base model, features) and run a language sequence in-process.
+"""Resolve a run's inputs (dataset, base model) and the task loop shared by Ray workers and in-process runs.
 
-This is the Ray-free path: the same learner the Ray driver uses, one task after another in this process, with
-every seen language evaluated after each task and the accuracy matrix turned into CL metrics.
+``run_tasks`` learns the remaining languages of an order one task at a time; after each task it evaluates every
+seen language on its test split (where asked to) and records the accuracy-matrix row and the CL metrics in the
+task's record, so a checkpoint of the learner carries the whole results history.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ import numpy as np
 from cll_ray.base_model import BaseModel, shipped_base_dir
 from cll_ray.config import ExperimentConfig
 from cll_ray.continual import ContinualLearner
-from cll_ray.features import FeatureStore
 from cll_ray.metrics import RETRIEVAL_KEYS, cl_metrics
 
 
@@ -60,69 +60,82 @@ def resolve_base(cfg: ExperimentConfig, dataset_dir: Path, progress: bool = True
     return BaseModel.load(Path(base).expanduser())
 
 
-@dataclass
-class SequenceResult:
-    languages: list[str]
-    matrices: dict[str, np.ndarray]  # metric -> (T, T) accuracy matrix, NaN above the diagonal
-    zero_shot: dict[str, list[float]]  # metric -> base model's score per language
-    rows: list[dict] = field(default_factory=list)  # one record per task (the results.jsonl lines)
-
-
 def zero_shot_scores(learner: ContinualLearner, languages: list[str]) -> dict[str, list[float]]:
-    """The base model's scores before any task (the b_j of FWT), with the base tokenizer."""
+    """The base model's scores on every language of the order before any task (the b_j of FWT)."""
     scores = [learner.evaluate(lang) for lang in languages]
     return {k: [s[k] for s in scores] for k in RETRIEVAL_KEYS}
 
 
-def run_sequence(
-    cfg: ExperimentConfig,
-    base: BaseModel,
-    features: FeatureStore,
-    dataset_dir: Path,
+def accuracy_matrix(records: list[dict], metric: str) -> np.ndarray:
+    """(T, T) matrix of ``metric`` from task records' results; NaN above the diagonal (never zero-padded)."""
+    n = len(records)
+    matrix = np.full((n, n), np.nan)
+    for t, record in enumerate(records):
+        matrix[t, : t + 1] = record["result"]["scores"][metric]
+    return matrix
+
+
+def evaluate_task(learner: ContinualLearner, record: dict, order: list[str], zero_shot: dict, seconds: float) -> dict:
+    """Evaluate every seen language after the task of ``record`` and build its results row."""
+    t = record["index"]
+    seen = list(order[: t + 1])
+    scores = [learner.evaluate(lang) for lang in seen]
+    record["result"] = {"scores": {k: [s[k] for s in scores] for k in RETRIEVAL_KEYS}}
+    records = learner.tasks[: t + 1]
+    cl = {k: cl_metrics(accuracy_matrix(records, k), zero_shot[k][: t + 1]) for k in RETRIEVAL_KEYS}
+    record["result"].update({
+        "task": t, "lang": record["lang"], "method": learner.cfg.method.name, "seconds": round(seconds, 1),
+        "languages": seen, "order": list(order), "growth": record["growth"], "best_epoch": record["best_epoch"],
+        "best_val_r_mean": record["best_val"]["r_mean"], "cl": cl, "zero_shot": zero_shot,
+    })
+    return record["result"]
+
+
+def run_tasks(
+    learner: ContinualLearner,
+    order: list[str],
+    zero_shot: dict | None,
+    *,
+    train_set_for: Callable | None = None,
+    batch_size: int | None = None,
+    steps_for: Callable[[int], int] | None = None,
+    wrap=None,
+    device=None,
+    evaluate_now: bool = True,
     progress: bool = True,
-    on_task=None,
-) -> SequenceResult:
-    """Learn ``cfg.run.languages`` in order; after each task evaluate every seen language on its test split."""
-    langs = list(cfg.run.languages)
-    learner = ContinualLearner(base, features, dataset_dir, cfg)
-    zero_shot = zero_shot_scores(learner, langs)
-    matrices = {k: np.full((len(langs), len(langs)), np.nan) for k in RETRIEVAL_KEYS}
-    result = SequenceResult(langs, matrices, zero_shot)
-    for t, lang in enumerate(langs):
+    on_task: Callable[[ContinualLearner, dict], None] | None = None,
+) -> ContinualLearner:
+    """Learn the languages of ``order`` not yet learned (resuming after ``len(learner.tasks)``).
+
+    In-process by default; a data-parallel worker supplies its shard (``train_set_for(lang)``), its share of the
+    batch, the agreed step count, a model wrapper and device, and evaluates on rank 0 only.
+    """
+    for t in range(len(learner.tasks), len(order)):
         started = time.time()
-        record = learner.learn(lang, progress=progress)
-        for j, seen in enumerate(langs[: t + 1]):
-            scores = learner.evaluate(seen)
-            for k in RETRIEVAL_KEYS:
-                matrices[k][t, j] = scores[k]
-        row = {
-            "task": t, "lang": lang, "method": cfg.method.name, "seconds": round(time.time() - started, 1),
-            "growth": record["growth"], "best_epoch": record["best_epoch"], "best_val_r_mean": record["best_val"]["r_mean"],
-            "scores": {k: matrices[k][t, : t + 1].tolist() for k in RETRIEVAL_KEYS},
-            "cl": {k: cl_metrics(matrices[k][: t + 1, : t + 1], zero_shot[k][: t + 1]) for k in RETRIEVAL_KEYS},
-        }
-        result.rows.append(row)
+        lang = order[t]
+        task = learner.begin_task(lang, build_train=train_set_for is None)
+        train_set = train_set_for(lang) if train_set_for is not None else task.train
+        steps_log: list[list[float]] = []
+        outcome = learner.train_task(
+            task, train_set, batch_size=batch_size, wrap=wrap, device=device, progress=progress,
+            steps_per_epoch=steps_for(len(train_set)) if steps_for is not None else None,
+            on_step=lambda step, s, log=steps_log: log.append([step, s["loss"], s["cross_lingual"], s["cross_modal"]]),
+        )
+        record = learner.end_task(task, outcome)
+        record["steps_log"] = steps_log  # (step, loss, cross_lingual, cross_modal) for TensorBoard
+        record["result"] = None
+        if evaluate_now:
+            evaluate_task(learner, record, order, zero_shot, time.time() - started)
         if on_task is not None:
-            on_task(learner, row)
-    return result
+            on_task(learner, record)
+    return learner
 
 
-def format_cl_table(results: dict[str, SequenceResult], metrics=("t2i_r1", "i2t_r1")) -> str:
-    """A comparison table: per method, final AA / F / Fen / plasticity for each metric."""
-    head = f"{'method':<16}" + "".join(f"{m + ' ' + k:>16}" for m in metrics for k in ("AA", "F", "Fen", "plast."))
-    lines = [head, "-" * len(head)]
-    for name, res in results.items():
-        cl = res.rows[-1]["cl"]
-        cells = []
-        for m in metrics:
-            for k in ("AA", "F", "Fen", "plasticity"):
-                v = cl[m].get(k, float("nan"))
-                cells.append(f"{v:>16.1f}" if np.isfinite(v) else f"{'-':>16}")
-        lines.append(f"{name:<16}" + "".join(cells))
-    return "\n".join(lines)
+def results_rows(records: list[dict]) -> list[dict]:
+    return [r["result"] for r in records if r.get("result")]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     from cll_ray.io import atomic_write_text
 
-    atomic_write_text(path, "".join(json.dumps(r, default=float) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

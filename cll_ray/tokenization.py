@@ -156,13 +156,25 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 1) -> 
     )
     tok.train_from_iterator(texts, trainer=trainer)
     trained = ClipBPE.from_json(tok.to_str())
-    # Like CLIP's vocabulary, hold every byte both inside and at the end of a word, so that no text is ever
-    # out of vocabulary (the trainer only adds the "</w>" forms it saw).
-    vocab = dict(trained.vocab)
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        for token in (char, char + END_OF_WORD):
-            vocab.setdefault(token, len(vocab))
-    return ClipBPE(vocab=vocab, merges=trained.merges)
+    return ClipBPE(vocab=_canonical_vocab(trained), merges=trained.merges)
+
+
+def _canonical_vocab(trained: ClipBPE) -> dict[str, int]:
+    """CLIP's layout: specials, every byte, every byte + "</w>", then merged tokens in merge order.
+
+    The trainer's own ids for single symbols follow a hash order that changes from run to run; this makes a
+    trained tokenizer a pure function of its data. Holding every byte in both forms, as CLIP's vocabulary does,
+    also means no text is ever out of vocabulary (the trainer only adds the "</w>" forms it saw).
+    """
+    from open_clip.tokenizer import bytes_to_unicode
+
+    alphabet = list(bytes_to_unicode().values())
+    tokens = [BOS_TOKEN, EOS_TOKEN] + alphabet + [a + END_OF_WORD for a in alphabet]
+    tokens += ["".join(m) for m in trained.merges]
+    vocab: dict[str, int] = {}
+    for token in tokens + sorted(set(trained.vocab) - set(tokens)):
+        vocab.setdefault(token, len(vocab))
+    return vocab
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,14 @@
 import pytest
 import yaml
 
-from cll_ray.config import ConfigError, ExperimentConfig, load_config, method_presets, parse_override, save_config
+from cll_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    method_presets,
+    parse_override,
+    save_config,
+)
 
 
 def test_presets_resolve_inherit_from():

@@ -1,0 +1,331 @@
+"""Tracker (real TensorBoard event files) and the run report, on a fake but consistent 3-task run."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from cll_ray.metrics import CL_KEYS, RETRIEVAL_KEYS, cl_metrics
+from cll_ray.report import (
+    accuracy_matrix,
+    build_report,
+    collect_results,
+    final_table,
+    load_results,
+    main,
+)
+from cll_ray.tracking import CL_TAG, EVAL_TAG, HPARAMS_RUN, MATRIX_TAG, TRAIN_TAG, Tracker
+
+NAN = math.nan
+ORDER = ["en", "fr", "de"]
+
+# t2i_r1 accuracy matrices (row t: score on each seen language after task t) and the base model's zero-shot
+# scores, with their CL values worked out by hand (AA, F, Fen, BWT, FWT, plasticity per task).
+T2I_R1 = {
+    "cll_clip": [[40.0], [36.0, 30.0], [33.0, 25.0, 29.0]],
+    "cll_clip_teir": [[40.0], [39.0, 33.0], [38.0, 32.0, 35.0]],
+}
+ZERO_SHOT = [40.0, 2.0, 1.0]
+CL_T2I_R1 = {
+    "cll_clip": [
+        {"AA": 40.0, "F": NAN, "Fen": NAN, "BWT": NAN, "FWT": NAN, "plasticity": 40.0},
+        # AA (36+30)/2; F = Fen = 40-36; BWT 36-40; FWT 30-2; plasticity (40+30)/2
+        {"AA": 33.0, "F": 4.0, "Fen": 4.0, "BWT": -4.0, "FWT": 28.0, "plasticity": 35.0},
+        # AA (33+25+29)/3; F mean(40-33, 30-25); Fen 40-33; BWT mean(33-40, 25-30); FWT mean(30-2, 29-1)
+        {"AA": 29.0, "F": 6.0, "Fen": 7.0, "BWT": -6.0, "FWT": 28.0, "plasticity": 33.0},
+    ],
+    "cll_clip_teir": [
+        {"AA": 40.0, "F": NAN, "Fen": NAN, "BWT": NAN, "FWT": NAN, "plasticity": 40.0},
+        {"AA": 36.0, "F": 1.0, "Fen": 1.0, "BWT": -1.0, "FWT": 31.0, "plasticity": 36.5},
+        # AA (38+32+35)/3; F mean(40-38, 33-32); FWT mean(33-2, 35-1); plasticity (40+33+35)/3
+        {"AA": 35.0, "F": 1.5, "Fen": 2.0, "BWT": -1.5, "FWT": 32.5, "plasticity": 36.0},
+    ],
+}
+# Every other metric is t2i_r1 shifted by a constant (zero-shot included): AA, plasticity shift with it,
+# F, Fen, BWT and FWT (differences) do not.
+OFFSETS = {
+    "t2i_r1": 0,
+    "t2i_r5": 20,
+    "t2i_r10": 30,
+    "i2t_r1": 5,
+    "i2t_r5": 25,
+    "i2t_r10": 35,
+    "t2i_r_mean": 17,
+    "i2t_r_mean": 22,
+    "r_mean": 19.5,
+}
+GROWTH = [
+    None,
+    {"lang": "fr", "old_size": 1200, "new_size": 1500},
+    {"lang": "de", "old_size": 1500, "new_size": 1740},
+]
+
+
+def make_rows(method: str, like: str | None = None) -> list[dict]:
+    """The rows of ``method``, with the numbers of ``like`` (default: its own)."""
+    data = like or method
+    rows = []
+    for t, lang in enumerate(ORDER):
+        scores = {m: [v + off for v in T2I_R1[data][t]] for m, off in OFFSETS.items()}
+        cl = {
+            m: {k: v + off if k in ("AA", "plasticity") else v for k, v in CL_T2I_R1[data][t].items()}
+            for m, off in OFFSETS.items()
+        }
+        growth = GROWTH[t] and dict(
+            GROWTH[t], language_vocab=2000, num_overlap=1700, num_unique=300, merges_added=290
+        )
+        rows.append(
+            {
+                "task": t,
+                "lang": lang,
+                "method": method,
+                "seconds": 10.0 + t,
+                "languages": ORDER[: t + 1],
+                "order": ORDER,
+                "growth": growth,
+                "best_epoch": 2,
+                "best_val_r_mean": 50.0 + t,
+                "scores": scores,
+                "cl": cl,
+                "zero_shot": {m: [v + off for v in ZERO_SHOT] for m, off in OFFSETS.items()},
+            }
+        )
+    return rows
+
+
+def write_run(run_dir, methods=("cll_clip", "cll_clip_teir"), like=None):
+    for method in methods:
+        (run_dir / method).mkdir(parents=True)
+        (run_dir / method / "config.yaml").write_text(f"method:\n  name: {method}\n")
+        lines = "".join(json.dumps(r) + "\n" for r in make_rows(method, like))  # NaN is written as NaN
+        (run_dir / method / "results.jsonl").write_text(lines)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return write_run(tmp_path / "runA")
+
+
+def test_fixture_is_consistent():
+    """The hand-computed CL values are those of cll_ray.metrics."""
+    for method in T2I_R1:
+        rows = make_rows(method)
+        for metric in ("t2i_r1", "i2t_r1"):
+            a = accuracy_matrix(rows, metric)
+            b = np.asarray(rows[0]["zero_shot"][metric])
+            for t, row in enumerate(rows):
+                expected = cl_metrics(a[: t + 1, : t + 1], b[: t + 1])
+                assert set(row["cl"][metric]) == set(CL_KEYS)
+                for k in CL_KEYS:
+                    np.testing.assert_allclose(row["cl"][metric][k], expected[k], equal_nan=True)
+
+
+def _accumulator(path):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(path), size_guidance={ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def _series(acc, tag):
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_tracker_writes_tensorboard(run_dir, tmp_path):
+    rows = load_results(run_dir)["cll_clip_teir"]
+    logdir = tmp_path / "tb"
+    tracker = Tracker(logdir)
+    assert not logdir.exists()  # the writer is created lazily
+    for step, loss in enumerate([2.0, 1.5, 1.25]):
+        tracker.log_step("fr", 10 + step, {"loss": loss, "lr": 1e-4})
+    for row in rows:
+        tracker.log_task(row)
+    tracker.log_hparams(
+        {
+            "method": "cll_clip_teir",
+            "train": {"lr": 1e-4, "epochs": 3, "amp": True},
+            "run": {"languages": ORDER, "name": None},
+        },
+        {"final": {"t2i_r1_AA": 35.0, "F": NAN}},
+    )
+    tracker.close()
+
+    acc = _accumulator(logdir)
+    tags = set(acc.Tags()["scalars"])
+    assert _series(acc, TRAIN_TAG.format(lang="fr", name="loss")) == [(10, 2.0), (11, 1.5), (12, 1.25)]
+    assert _series(acc, "train/fr/lr") == [(s, pytest.approx(1e-4)) for s in (10, 11, 12)]
+
+    # eval/<lang>/<metric>: one point per task from the task that learned the language on
+    assert _series(acc, EVAL_TAG.format(lang="fr", metric="t2i_r1")) == [(1, 33.0), (2, 32.0)]
+    assert dict(_series(acc, "eval/fr/t2i_r1"))[1] == rows[1]["scores"]["t2i_r1"][1]
+    assert _series(acc, "eval/en/i2t_r1") == [(0, 45.0), (1, 44.0), (2, 43.0)]
+    assert _series(acc, "eval/de/r_mean") == [(2, 54.5)]
+    assert {f"eval/{lang}/{m}" for lang in ORDER for m in RETRIEVAL_KEYS} <= tags
+
+    # cl/<metric>/<key>, NaN (task 0's F, Fen, BWT, FWT) skipped
+    assert _series(acc, CL_TAG.format(metric="t2i_r1", key="AA")) == [(0, 40.0), (1, 36.0), (2, 35.0)]
+    assert _series(acc, "cl/i2t_r1/plasticity") == [(0, 45.0), (1, 41.5), (2, 41.0)]
+    assert _series(acc, "cl/t2i_r1/F") == [(1, 1.0), (2, 1.5)]
+    assert _series(acc, "cl/r_mean/FWT") == [(1, 31.0), (2, 32.5)]
+    assert all(math.isfinite(e.value) for tag in tags for e in acc.Scalars(tag))
+
+    assert _series(acc, "vocab/size") == [(1, 1500.0), (2, 1740.0)]
+    assert _series(acc, "vocab/new_tokens") == [(1, 300.0), (2, 240.0)]
+    assert _series(acc, "task/seconds") == [(0, 10.0), (1, 11.0), (2, 12.0)]
+
+    images = acc.Tags()["images"]
+    assert set(images) == {MATRIX_TAG.format(metric="t2i_r1"), MATRIX_TAG.format(metric="i2t_r1")}
+    shots = acc.Images("cl/accuracy_matrix/t2i_r1")
+    assert [im.step for im in shots] == [0, 1, 2]
+    assert (
+        shots[-1].width > 200 and shots[-1].height > 150 and shots[-1].encoded_image_string[:4] == b"\x89PNG"
+    )
+
+    # add_hparams writes a sub-directory: the flattened hparams and the finite metrics
+    from tensorboard.plugins.hparams import metadata
+
+    hp = _accumulator(logdir / HPARAMS_RUN)
+    assert _series(hp, "final.t2i_r1_AA") == [(0, 35.0)]
+    assert "final.F" not in hp.Tags()["scalars"]
+    content = hp.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    start = metadata.parse_session_start_info_plugin_data(content)
+    assert set(start.hparams) == {"method", "train.lr", "train.epochs", "train.amp", "run.languages"}
+    assert start.hparams["run.languages"].string_value == "en,fr,de"
+    assert start.hparams["train.lr"].number_value == pytest.approx(1e-4)
+
+
+def test_tracker_matrix_follows_the_rows(tmp_path):
+    """A re-logged task replaces the later rows it had; the matrix is rebuilt from the kept rows."""
+    rows = make_rows("cll_clip")
+    tracker = Tracker(tmp_path / "tb")
+    for row in rows:
+        tracker.log_task(row)
+    tracker.log_task(rows[1])
+    assert [r["task"] for r in tracker.rows] == [0, 1]
+    tracker.close()
+    tracker.close()  # idempotent
+
+
+def test_accuracy_matrix_rebuilds_exactly(run_dir):
+    rows = load_results(run_dir)["cll_clip"]
+    a = accuracy_matrix(rows, "t2i_r1")
+    np.testing.assert_array_equal(a, [[40.0, NAN, NAN], [36.0, 30.0, NAN], [33.0, 25.0, 29.0]])
+    np.testing.assert_array_equal(accuracy_matrix(rows, "i2t_r1"), a + 5)
+    np.testing.assert_array_equal(accuracy_matrix(rows[:2], "t2i_r1"), [[40.0, NAN], [36.0, 30.0]])
+
+
+def test_load_results_method_folder_and_errors(run_dir, tmp_path):
+    assert list(load_results(run_dir)) == ["cll_clip", "cll_clip_teir"]
+    (run_dir / "tensorboard").mkdir()  # ignored: no config.yaml, no results.jsonl
+    assert list(load_results(run_dir)) == ["cll_clip", "cll_clip_teir"]
+    single = load_results(run_dir / "cll_clip")
+    assert list(single) == ["cll_clip"] and len(single["cll_clip"]) == 3
+    assert math.isnan(single["cll_clip"][0]["cl"]["t2i_r1"]["F"])
+
+    path = run_dir / "cll_clip" / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + '{"task": 1, "lang": "fr", "scores": {\n' + lines[2])
+    with pytest.raises(ValueError, match=rf"{path}:2: corrupt line"):
+        load_results(run_dir)
+    path.write_text(lines[0] + lines[2])
+    with pytest.raises(ValueError, match=rf"{path}:2: expected task 1"):
+        load_results(run_dir)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path.unlink()  # a method folder (config.yaml) without results
+    with pytest.raises(FileNotFoundError, match=rf"{path}: missing"):
+        load_results(run_dir)
+    with pytest.raises(FileNotFoundError, match="no results.jsonl"):
+        load_results(empty)
+
+
+def test_final_table(run_dir):
+    results = load_results(run_dir)
+    table = final_table(results)
+    lines = table.splitlines()
+    assert lines[0].startswith(
+        "| method | tasks | t2i_r1 AA | t2i_r1 F | t2i_r1 Fen | t2i_r1 BWT | t2i_r1 FWT |"
+    )
+    assert "| r_mean plasticity |" in lines[0]
+    assert lines[2].startswith("| cll_clip | 3 | 29.0 | 6.0 | 7.0 | -6.0 | 28.0 | 33.0 | 34.0 | 6.0 |")
+    assert lines[3].startswith("| cll_clip_teir | 3 | 35.0 | 1.5 | 2.0 | -1.5 | 32.5 | 36.0 | 40.0 | 1.5 |")
+    partial = final_table({"m": results["cll_clip"][:1]}, metrics=("t2i_r1",)).splitlines()[2]
+    assert partial == "| m | 1/3 | 40.0 | – | – | – | – | 40.0 |"
+
+
+def _png(path):
+    from PIL import Image
+
+    assert path.is_file() and path.stat().st_size > 5000
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width >= 300 and im.height >= 250
+        assert len(set(im.convert("L").getdata())) > 10  # not a blank canvas
+
+
+def test_build_report(run_dir, capsys):
+    report = build_report([run_dir])
+    assert report == run_dir / "report.md"
+    text = report.read_text()
+    assert text.startswith("# CLL report: runA")
+    assert "task order: en → fr → de" in text
+    assert "| cll_clip | 3 | 29.0 | 6.0 | 7.0 | -6.0 | 28.0 | 33.0 |" in text
+    assert "| cll_clip_teir | 3 | 35.0 | 1.5 | 2.0 | -1.5 | 32.5 | 36.0 |" in text
+    assert "| method | 1 en | 2 fr | 3 de |" in text  # per-task AA series
+    assert "| cll_clip | 40.0 | 33.0 | 29.0 |" in text and "| cll_clip_teir | 45.0 | 41.0 | 40.0 |" in text
+    assert "| method | en | fr | de | final vocab |" in text  # growth
+    assert "| cll_clip | – | 300 | 240 | 1740 |" in text
+
+    plots = sorted(p.name for p in (run_dir / "plots").iterdir())
+    assert plots == sorted(
+        [
+            "heatmap_cll_clip_t2i_r1.png",
+            "heatmap_cll_clip_teir_t2i_r1.png",
+            "curves_AA_t2i_r1.png",
+            "curves_F_t2i_r1.png",
+            "curves_AA_i2t_r1.png",
+            "curves_F_i2t_r1.png",
+        ]
+    )
+    for name in plots:
+        _png(run_dir / "plots" / name)
+        assert f"(plots/{name})" in text
+    assert not [p for p in run_dir.rglob("*.tmp")]  # atomic writes leave no temporary files
+
+    assert main([str(run_dir), "--out", str(run_dir / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| cll_clip_teir | 3 | 35.0 |" in out and str(run_dir / "out" / "report.md") in out
+    assert (run_dir / "out" / "plots" / "curves_AA_t2i_r1.png").is_file()
+    assert main([str(run_dir / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_two_runs_are_disambiguated(run_dir, tmp_path):
+    other = tmp_path / "runB"
+    shutil.copytree(run_dir / "cll_clip", other / "cll_clip")
+    write_run(other, methods=("mla",), like="cll_clip_teir")
+    labels = list(collect_results([run_dir, other]))
+    assert labels == ["runA/cll_clip", "cll_clip_teir", "runB/cll_clip", "mla"]
+
+    report = build_report([run_dir, other], out_dir=tmp_path / "cmp")
+    text = report.read_text()
+    assert report == tmp_path / "cmp" / "report.md"
+    assert "| runA/cll_clip | 3 | 29.0 |" in text and "| runB/cll_clip | 3 | 29.0 |" in text
+    assert (tmp_path / "cmp" / "plots" / "heatmap_runA__cll_clip_t2i_r1.png").is_file()
+    assert (tmp_path / "cmp" / "plots" / "heatmap_runB__cll_clip_t2i_r1.png").is_file()
+
+    same_name = tmp_path / "x" / "runA"  # runs with the same folder name: a longer suffix tells them apart
+    shutil.copytree(run_dir / "cll_clip", same_name / "cll_clip")
+    assert list(collect_results([run_dir, same_name])) == [
+        f"{tmp_path.name}/runA/cll_clip",
+        "cll_clip_teir",
+        "x/runA/cll_clip",
+    ]
