@@ -68,6 +68,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 1024
+    precision: str = "bf16"  # forward-pass autocast: bf16 | fp16 (GPU) | fp32
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,9 @@ class RunConfig:
     output_dir: str = "runs"  # run directories go here (use shared storage on a multi-node cluster)
     name: str = ""  # "" = a timestamp
     storage_path: str = ""  # Ray Train checkpoints: a local/NFS path or a cloud URI; "" = <run dir>/train
-    num_workers: int = 2  # Ray Train workers per method (0 = local mode, in the driver process)
+    num_workers: int = 1  # Ray Train workers per method (0 = local mode, in the driver process)
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # fractional, so Ray Data keeps CPUs on small machines (ray.md §2)
+    cpus_per_worker: float = 1.0  # also the worker's torch threads; fractional values leave CPUs to Ray Data
     max_failures: int = 2  # worker-group restarts from the last task checkpoint
 
 
@@ -89,6 +90,10 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.precision not in ("bf16", "fp16", "fp32"):
+            raise ConfigError(f"train.precision must be bf16, fp16 or fp32, got '{self.train.precision}'")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -48,6 +48,7 @@ class ContinualLearner:
         self.student = TextStudent(base.clip, base.tokenizer.eos_id)
         self.tokenizer: ClipBPE = base.tokenizer
         self.tasks: list[dict] = []  # one record per completed task
+        self.plan: dict[str, tuple[ClipBPE, GrowthStats]] = {}  # growth computed ahead (the Ray driver's)
         self._split_images = ds.image_ids_by_split(self.dataset_dir)
 
     @property
@@ -77,12 +78,33 @@ class ContinualLearner:
             image_index=torch.from_numpy(image_rows),
         )
 
+    def plan_growth(self, order: list[str]) -> tuple[ClipBPE, list[GrowthStats]]:
+        """Grow a copy of the tokenizer through ``order``: the final tokenizer and each task's growth."""
+        current, stats = self.tokenizer, []
+        for lang in order:
+            current, growth = self._grow(current, lang)
+            stats.append(growth)
+        return current, stats
+
+    def use_plan(self, final: ClipBPE, stats: list[GrowthStats]) -> None:
+        """Take each task's grown tokenizer from a plan (prefixes of ``final``) instead of retraining BPEs."""
+        merges = len(self.tokenizer.merges)
+        for growth in stats:
+            merges += growth.merges_added
+            self.plan[growth.lang] = (final.prefix(growth.new_size, merges), growth)
+
     # ---- the task steps -------------------------------------------------------------------------------------
     def grown_tokenizer(self, lang: str, captions: list[str] | None = None) -> tuple[ClipBPE, GrowthStats]:
         """The current tokenizer grown by ``lang``'s BPE (trained on its training captions); a pure function."""
+        planned = self.plan.get(lang)
+        if planned is not None and planned[1].old_size == self.tokenizer.size:
+            return planned
+        return self._grow(self.tokenizer, lang, captions)
+
+    def _grow(self, tokenizer: ClipBPE, lang: str, captions: list[str] | None = None) -> tuple[ClipBPE, GrowthStats]:
         if captions is None:
             captions = ds.read_captions(self.dataset_dir, lang, splits=("train",)).captions
-        return grow(self.tokenizer, train_bpe(captions, self.cfg.model.language_vocab_size), lang)
+        return grow(tokenizer, train_bpe(captions, self.cfg.model.language_vocab_size), lang)
 
     def begin_task(self, lang: str, build_train: bool = True) -> PreparedTask:
         """Grow tokenizer and embedding for ``lang`` and build its training data."""
@@ -134,7 +156,7 @@ class ContinualLearner:
             module, self.method, task.row_scale,
             epoch_batches=lambda epoch: train_set.batches(batch_size, generator, steps=steps, device=device),
             steps_per_epoch=steps, train=train,
-            validate=lambda: evaluate(self.student, task.val, train.eval_batch_size),
+            validate=lambda: evaluate(self.student, task.val, train.eval_batch_size, train.precision),
             progress=progress, on_step=on_step, desc=f"task {task.index + 1} {task.lang}",
         )
 
@@ -153,7 +175,8 @@ class ContinualLearner:
         return self.end_task(task, self.train_task(task, progress=progress, on_step=on_step))
 
     def evaluate(self, lang: str, split: str = "test") -> dict[str, float]:
-        return evaluate(self.student, self.retrieval_set(lang, split), self.cfg.train.eval_batch_size)
+        train = self.cfg.train
+        return evaluate(self.student, self.retrieval_set(lang, split), train.eval_batch_size, train.precision)
 
     # ---- state ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -1,8 +1,10 @@
-"""Ray Data: read a language's caption table, tokenize it, join the cached teacher features by id.
+"""Ray Data: read the caption tables, tokenize them, join the cached teacher features by id.
 
-The pipeline is ``read_parquet -> filter(split) -> map_batches(EncodeCaptions) -> materialize``. The tokenizer
-and the feature store load once per actor. Datasets are materialized before the Trainer starts: the caption
-tables are small, and Ray Data would otherwise wait for CPUs that the Train workers hold (ray.md §2).
+One pipeline for all the languages of a run: ``read_parquet(captions/) -> filter(train split, run languages)
+-> map_batches(EncodeCaptions) -> materialize``, then one dataset per language (``train_<lang>``), each split
+across the Train workers. ``EncodeCaptions`` loads the tokenizers (each language's is the one its task will
+have) and the feature store once per actor, and imports nothing heavy. Datasets are materialized before the
+Trainer starts: caption tables are small, and Ray Data would otherwise wait for CPUs the Train workers hold.
 """
 
 from __future__ import annotations
@@ -11,11 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 from ray.data.expressions import col
 
 from cll_ray import layout
-from cll_ray.engine import TrainSet
 from cll_ray.features import FeatureStore
 from cll_ray.tokenization import ClipBPE
 
@@ -25,53 +25,64 @@ MAX_CAPTIONS_PER_IMAGE = 1000  # row keys are image_row * 1000 + caption_index
 class EncodeCaptions:
     """``map_batches`` callable: caption strings -> token ids + teacher text/image features + a stable row key."""
 
-    def __init__(self, tokenizer_json: str, context_length: int, features_dir: str, lang: str):
-        self.tokenizer = ClipBPE.from_json(tokenizer_json)
+    def __init__(self, tokenizers: dict[str, str], context_length: int, features_dir: str):
+        self.tokenizers = {lang: ClipBPE.from_json(text) for lang, text in tokenizers.items()}
         self.context_length = context_length
         self.features = FeatureStore.load(Path(features_dir))
-        self.lang = lang
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        captions = [str(c) for c in batch["caption"]]
-        english = captions if self.lang == "en" else [str(c) for c in batch["caption_en"]]  # x_tgt = x_en for en
-        image_rows = self.features.image_rows([str(i) for i in batch["image_id"]])
+        langs = batch["lang"].astype(str)
+        captions = batch["caption"].astype(str)
+        # x_tgt = x_en for the English task (method.md §3)
+        english = np.where(langs == "en", captions, batch["caption_en"].astype(str))
+        image_rows = self.features.image_rows(batch["image_id"].astype(str).tolist())
+        ids = np.zeros((len(captions), self.context_length), dtype=np.int64)
+        for lang in np.unique(langs):
+            rows = np.nonzero(langs == lang)[0]
+            ids[rows] = self.tokenizers[lang].encode(captions[rows].tolist(), self.context_length)
         return {
+            "lang": langs,
             "key": image_rows * MAX_CAPTIONS_PER_IMAGE + batch["caption_index"].astype(np.int64),
-            "ids": self.tokenizer.encode(captions, self.context_length),
-            "teacher": self.features.text_features[self.features.text_rows(english)],
+            "ids": ids,
+            "teacher": self.features.text_features[self.features.text_rows(english.tolist())],
             "image": self.features.image_features[image_rows],
             "image_index": image_rows,
         }
 
 
-def build_train_dataset(
-    dataset_dir: str | Path, lang: str, tokenizer: ClipBPE, context_length: int, features_dir: str | Path
-) -> ray.data.Dataset:
-    """The training rows of ``lang`` as a materialized Ray Dataset of model inputs."""
-    path = Path(dataset_dir) / layout.captions_file(lang)
-    ds = (
-        ray.data.read_parquet(str(path))
-        .filter(expr=col("split") == "train")
-        .select_columns(["image_id", "caption_index", "caption", "caption_en"])
+def build_train_datasets(
+    dataset_dir: str | Path, tokenizers: dict[str, ClipBPE], context_length: int, features_dir: str | Path
+) -> dict[str, ray.data.Dataset]:
+    """``{"train_<lang>": dataset}`` of model inputs for every language in ``tokenizers``."""
+    langs = list(tokenizers)
+    encoded = (
+        ray.data.read_parquet(str(Path(dataset_dir) / layout.CAPTIONS_DIR))  # hive: lang=<code>/ -> "lang"
+        .filter(expr=(col("split") == "train") & col("lang").is_in(langs))
+        .select_columns(["lang", "image_id", "caption_index", "caption", "caption_en"])
         .map_batches(
             EncodeCaptions,
-            fn_constructor_kwargs={"tokenizer_json": tokenizer.to_json(), "context_length": context_length,
-                                   "features_dir": str(features_dir), "lang": lang},
+            fn_constructor_kwargs={"tokenizers": {lang: t.to_json() for lang, t in tokenizers.items()},
+                                   "context_length": context_length, "features_dir": str(features_dir)},
             batch_format="numpy",
-            batch_size=1024,
-            concurrency=1,
+            batch_size=2048,
+            compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0.5,
         )
+        .materialize()
     )
-    return ds.materialize()
+    return {f"train_{lang}": encoded.filter(expr=col("lang") == lang).materialize() for lang in langs}
 
 
-def collect_train_set(shard) -> TrainSet:
+def collect_train_set(shard):
     """A worker's whole shard as tensors, sorted by row key so its content, not block order, decides the result."""
+    import torch
+
+    from cll_ray.engine import TrainSet
+
     parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
     if not parts:
         raise ValueError("this worker's data shard is empty (more workers than training rows?)")
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "ids", "teacher", "image", "image_index")}
     order = np.argsort(cat["key"], kind="stable")
     return TrainSet(
         ids=torch.from_numpy(cat["ids"][order].astype(np.int64)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import ray
@@ -24,7 +25,7 @@ from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import load_checkpoint
 from cll_ray.config import ExperimentConfig, save_config
 from cll_ray.continual import ContinualLearner
-from cll_ray.data import build_train_dataset
+from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.worker import CHECKPOINT_FILE, train_loop_per_worker
@@ -64,16 +65,17 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) 
 
 
 def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Dataset]:
-    """``train_<lang>`` for every language, tokenized with the tokenizer that task will have."""
+    """``train_<lang>`` for every language, tokenized with the tokenizer that task will have.
+
+    The plan of growth (the final tokenizer and each task's growth) is stored in ``inputs`` for the workers.
+    """
     features = FeatureStore.load(Path(inputs["features_dir"]))
     learner = ContinualLearner(inputs["base"], features, inputs["dataset_dir"], cfg)
-    datasets = {}
-    for lang in cfg.run.languages:
-        learner.tokenizer, _ = learner.grown_tokenizer(lang)
-        datasets[f"train_{lang}"] = build_train_dataset(
-            inputs["dataset_dir"], lang, learner.tokenizer, learner.context_length, inputs["features_dir"]
-        )
-    return datasets
+    final, stats = learner.plan_growth(list(cfg.run.languages))
+    learner.use_plan(final, stats)
+    inputs["plan"] = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
+    tokenizers = {lang: learner.plan[lang][0] for lang in cfg.run.languages}
+    return build_train_datasets(inputs["dataset_dir"], tokenizers, learner.context_length, inputs["features_dir"])
 
 
 def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path) -> TorchTrainer:
@@ -86,6 +88,7 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
             "base_dir": inputs["base_dir"],
             "features_dir": inputs["features_dir"],
             "dataset_dir": inputs["dataset_dir"],
+            "plan": inputs["plan"],
             "threads_per_worker": max(1, int(run.cpus_per_worker)),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -93,6 +96,8 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
             resources_per_worker=None if run.num_workers == 0 else {"CPU": run.cpus_per_worker},
         ),
         datasets=datasets,
+        # several workers each get a disjoint shard (streaming_split); one worker reads the dataset whole
+        dataset_config=ray.train.DataConfig(datasets_to_split="all" if run.num_workers > 1 else []),
         run_config=ray.train.RunConfig(
             name=f"{run_dir.name}-{cfg.method.name}",  # stable: a re-fit with the same name resumes
             storage_path=storage,
@@ -159,8 +164,9 @@ def run_experiment(
     if errors:
         name, error = next(iter(errors.items()))
         raise RuntimeError(f"method {name} failed: {error}") from error
-    (run_dir / "run.json").write_text(json.dumps({m: {"seconds": o["seconds"], "return_value": o["return_value"]}
-                                                  for m, o in outcomes.items()}, indent=2, default=str))
+    summary = {m: {"seconds": o["seconds"], "tasks": o["return_value"]["tasks"],
+                   "embedding_checksums": o["return_value"]["embedding_checksums"]} for m, o in outcomes.items()}
+    (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
     return outcomes
 
 

@@ -5,6 +5,7 @@ The Ray Train worker calls the same functions; nothing here imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable
@@ -80,6 +81,17 @@ class TaskOutcome:
     steps: int = 0
 
 
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward pass: bf16 autocast (CPU or GPU), fp16 on GPU, or none (fp32).
+
+    The reference trains with AMP; parameters, gradients and optimizer state stay fp32 either way.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def trim_padding(ids: torch.Tensor) -> torch.Tensor:
     """Drop all-padding columns at the end (padding to the longest in the batch; exact under the causal mask)."""
     nonpad = (ids != 0).any(dim=0).nonzero()
@@ -88,18 +100,22 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_texts(student: TextStudent, ids: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def encode_texts(student: TextStudent, ids: torch.Tensor, batch_size: int = 1024, precision: str = "fp32") -> np.ndarray:
     was_training = student.training
     student.eval()
     device = student.token_embedding.weight.device
-    out = [student(trim_padding(ids[i : i + batch_size]).to(device)).float().cpu() for i in range(0, len(ids), batch_size)]
+    out = []
+    for i in range(0, len(ids), batch_size):
+        with autocast(device, precision):
+            out.append(student(trim_padding(ids[i : i + batch_size]).to(device)).float().cpu())
     student.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
 
 
-def evaluate(student: TextStudent, data: RetrievalSet, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(student: TextStudent, data: RetrievalSet, batch_size: int = 1024, precision: str = "fp32") -> dict[str, float]:
     """t2i/i2t R@1/5/10 and r_mean of the student's text embeddings against the cached image embeddings."""
-    return retrieval_metrics(encode_texts(student, data.ids, batch_size), data.image_features, data.caption_image)
+    text = encode_texts(student, data.ids, batch_size, precision)
+    return retrieval_metrics(text, data.image_features, data.caption_image)
 
 
 def train_one_task(
@@ -135,7 +151,8 @@ def train_one_task(
         module.train()
         running: dict[str, float] = {}
         for batch in epoch_batches(epoch):
-            terms = module(batch["ids"], batch["teacher"], batch["image"], batch["image_index"])
+            with autocast(batch["ids"].device, train.precision):
+                terms = module(batch["ids"], batch["teacher"], batch["image"], batch["image_index"])
             extra = method.extra_loss_terms(batch, terms)
             loss = terms["loss"] + sum(extra.values())
             terms.update(extra)

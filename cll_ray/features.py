@@ -12,13 +12,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cll_ray import dataset as ds
-from cll_ray.base_model import BaseModel
 from cll_ray.io import atomic_dir
+
+if TYPE_CHECKING:  # the store itself stays light (numpy only): Ray Data actors load it
+    from cll_ray.base_model import BaseModel
 
 FEATURE_SPLITS = ("train", "val", "test")
 
@@ -82,6 +84,8 @@ def load_or_compute_features(
     dataset_dir: str | Path, base: BaseModel, cache_root: str | Path, progress: bool = True, chunk: int = 2048
 ) -> FeatureStore:
     """The cached features for (dataset, base model), computing them first if needed."""
+    from tqdm.auto import tqdm
+
     folder = Path(cache_root) / "features" / features_key(dataset_dir, base)
     if (folder / "keys.json").exists():
         return FeatureStore.load(folder)

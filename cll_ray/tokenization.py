@@ -115,6 +115,11 @@ class ClipBPE:
             seen.update(enc.ids)
         return np.array(sorted(seen), dtype=np.int64)
 
+    def prefix(self, vocab_size: int, num_merges: int) -> ClipBPE:
+        """The tokenizer this one was grown from: growth only appends tokens and merges, so it is a prefix."""
+        vocab = {t: i for t, i in self.vocab.items() if i < vocab_size}
+        return ClipBPE(vocab=vocab, merges=self.merges[:num_merges])
+
     # ---- persistence ----------------------------------------------------------------------------------------
     def to_json(self) -> str:
         """The full `tokenizers` JSON (loadable with ``tokenizers.Tokenizer.from_str``)."""

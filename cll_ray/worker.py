@@ -23,6 +23,7 @@ from cll_ray.continual import ContinualLearner
 from cll_ray.data import collect_train_set
 from cll_ray.features import FeatureStore
 from cll_ray.sequence import run_tasks, zero_shot_scores
+from cll_ray.tokenization import ClipBPE, GrowthStats
 
 CHECKPOINT_FILE = "learner.pt"
 
@@ -35,6 +36,8 @@ def train_loop_per_worker(config: dict) -> dict:
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
     base = BaseModel.load(config["base_dir"])
     learner = ContinualLearner(base, FeatureStore.load(Path(config["features_dir"])), config["dataset_dir"], cfg)
+    # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
+    learner.use_plan(ClipBPE.from_json(config["plan"]["tokenizer"]), [GrowthStats(**g) for g in config["plan"]["growth"]])
     order = list(cfg.run.languages)
     device = ray.train.torch.get_device()
     learner.student.to(device)
@@ -54,8 +57,12 @@ def train_loop_per_worker(config: dict) -> dict:
         zero_shot = zero_shot_scores(learner, order)
 
     # 3. this rank's shard of each language, and a step count every rank agrees on
+    shard_digests: dict[str, list[int]] = {}
+
     def train_set_for(lang: str):
-        return collect_train_set(ray.train.get_dataset_shard(f"train_{lang}"))
+        train_set = collect_train_set(ray.train.get_dataset_shard(f"train_{lang}"))
+        shard_digests[lang] = train_set.keys.tolist()
+        return train_set
 
     per_rank_batch = max(1, cfg.train.batch_size // world)
 
@@ -89,11 +96,13 @@ def train_loop_per_worker(config: dict) -> dict:
     run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch, steps_for=steps_for,
               wrap=wrap, device=device, evaluate_now=rank == 0, progress=False, on_task=on_task)
 
-    # 5. what the driver reads back: the final embedding checksum per rank proves the ranks stayed in sync
-    checksum = float(learner.student.token_embedding.weight.detach().double().sum())
+    # 5. what the driver reads back, per rank: the final embedding checksum (the ranks must agree: gradient
+    #    sync) and the row keys each rank trained on since this worker group started (disjoint shards)
+    mine = {"checksum": float(learner.student.token_embedding.weight.detach().double().sum()),
+            "shard_keys": shard_digests}
+    ranks = [mine]
     if world > 1 and dist.is_initialized():
-        sums = [None] * world
-        dist.all_gather_object(sums, checksum)
-    else:
-        sums = [checksum]
-    return {"tasks": len(learner.tasks), "embedding_checksums": sums}
+        ranks = [None] * world
+        dist.all_gather_object(ranks, mine)
+    return {"tasks": len(learner.tasks), "embedding_checksums": [r["checksum"] for r in ranks],
+            "shard_keys": [r["shard_keys"] for r in ranks]}

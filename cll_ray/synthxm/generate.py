@@ -58,7 +58,7 @@ class SynthXMSize:
 SIZES: dict[str, SynthXMSize] = {
     "tiny": SynthXMSize(pretrain=600, train=160, val=40, test=60),
     "small": SynthXMSize(pretrain=10_000, train=1_000, val=200, test=500),
-    "default": SynthXMSize(pretrain=40_000, train=4_000, val=500, test=1_000),
+    "default": SynthXMSize(pretrain=40_000, train=2_000, val=500, test=1_000),
     "large": SynthXMSize(pretrain=100_000, train=10_000, val=1_000, test=3_600),
 }
 

@@ -1,0 +1,108 @@
+"""The CLI as users run it, in separate processes: a driver killed mid-run and resumed; `ray job submit`."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ["--methods", "cll_clip_teir", "--langs", "en,fr,ru", "--workers", "1", "--quiet", "data.synthxm_size=tiny",
+        "train.batch_size=32", "train.lr=5e-3", "model.language_vocab_size=600"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    from cll_ray.synthxm import generate_synthxm
+
+    generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", languages=["en", "fr", "ru"], progress=False)
+    return {**os.environ, "CLL_RAY_HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def cli(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cll_ray", "run", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(proc, timeout=600):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def matrix(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "cll_clip_teir" / "results.jsonl").read_text().splitlines()]
+    return [r["lang"] for r in rows], [r["scores"]["t2i_r1"] + r["scores"]["i2t_r1"] for r in rows]
+
+
+def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(env, tmp_path):
+    # 1. an uninterrupted run, for reference
+    finish(cli([*TINY, f"run.output_dir={tmp_path}", "run.name=straight"], env))
+    # 2. the same run, its driver (and the local Ray it started) killed once task 1 is checkpointed
+    proc = cli([*TINY, f"run.output_dir={tmp_path}", "run.name=killed"], env, start_new_session=True)
+    first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task00-en"
+    deadline = time.time() + 300
+    while not first_checkpoint.exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"
+        time.sleep(0.2)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    assert not (tmp_path / "killed" / "cll_clip_teir" / "results.jsonl").exists()
+    # 3. resume: continues after the last completed task and reaches the same final matrix
+    out = finish(cli(["--resume", str(tmp_path / "killed"), "--quiet"], env))
+    assert "resuming" in out
+    langs, resumed = matrix(tmp_path / "killed")
+    assert langs == ["en", "fr", "ru"]
+    assert resumed == matrix(tmp_path / "straight")[1]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
+    port, dashboard = _free_port(), _free_port()
+    ray = str(BIN / "ray")
+    start = subprocess.run(
+        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
+                                                                      "RAY_DATA_DISABLE_PROGRESS_BARS")},
+                                  "excludes": [".venv", "runs", ".cache", ".git"]})
+        submit = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+             "--runtime-env-json", runtime_env, "--",
+             "cll-ray", "run", *TINY, f"run.output_dir={tmp_path}", "run.name=job"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "succeeded" in submit.stdout
+        langs, rows = matrix(tmp_path / "job")
+        assert langs == ["en", "fr", "ru"] and len(rows[-1]) == 6
+        assert (tmp_path / "job" / "report.md").exists()
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(tmp_path / "job" / "train", ignore_errors=True)
