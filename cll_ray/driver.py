@@ -89,6 +89,7 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
             "features_dir": inputs["features_dir"],
             "dataset_dir": inputs["dataset_dir"],
             "plan": inputs["plan"],
+            "checkpoint_dir": str(run_dir / cfg.method.name / "checkpoints"),
             "threads_per_worker": max(1, int(run.cpus_per_worker)),
         },
         scaling_config=ray.train.ScalingConfig(

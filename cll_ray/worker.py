@@ -8,7 +8,6 @@ group (``FailureConfig``) or a resumed run continues after the last checkpointed
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import ray.train
@@ -87,11 +86,12 @@ def train_loop_per_worker(config: dict) -> dict:
         print(f"[{cfg.method.name}] task {record['index'] + 1}/{len(order)} {record['lang']}: t2i R@1 "
               f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
               f"({result['seconds']:.0f}s)", flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d) / CHECKPOINT_FILE, cfg, learner.state_dict(), base.fingerprint,
-                            extra={"zero_shot": zero_shot, "world_size": world})
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                             checkpoint_dir_name=f"task{record['index']:02d}-{record['lang']}")
+        # the run directory keeps every task's checkpoint; Ray Train also persists it to run.storage_path
+        name = f"task{record['index']:02d}-{record['lang']}"
+        folder = Path(config["checkpoint_dir"]) / name
+        save_checkpoint(folder / CHECKPOINT_FILE, cfg, learner.state_dict(), base.fingerprint,
+                        extra={"zero_shot": zero_shot, "world_size": world})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
 
     run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch, steps_for=steps_for,
               wrap=wrap, device=device, evaluate_now=rank == 0, progress=False, on_task=on_task)

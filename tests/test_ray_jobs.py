@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     from cll_ray.synthxm import generate_synthxm
 
-    generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", languages=["en", "fr", "ru"], progress=False)
+    generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", progress=False)
     return {**os.environ, "CLL_RAY_HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
             "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
