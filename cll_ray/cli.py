@@ -65,9 +65,13 @@ def _run(args: argparse.Namespace) -> int:
         configs = load_run_configs(run_dir)
         print(f"resuming {run_dir}: {', '.join(configs)}")
     else:
+        from cll_ray.orders import resolve_order
+
         overrides = list(args.overrides)
-        if args.langs:
-            overrides.append(f"run.languages=[{args.langs}]")
+        if args.langs or args.order:
+            if not args.langs:
+                raise ValueError("--order needs --langs (a comma-separated list, or all)")
+            overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
         if args.workers is not None:
             overrides.append(f"run.num_workers={args.workers}")
         methods = args.methods.split(",")
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=3e-5")
     run.add_argument("--config", help="experiment YAML (a small diff over the defaults)")
     run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets")
-    run.add_argument("--langs", help="comma-separated task order (default: run.languages)")
+    run.add_argument("--langs", help="comma-separated languages, or all (the 36 XM3600 ones); default: run.languages")
+    run.add_argument("--order", help="given (default) | alphabetical | order<seed>, e.g. order222 (the paper's)")
     run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")

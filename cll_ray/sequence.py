@@ -86,7 +86,8 @@ def evaluate_task(learner: ContinualLearner, record: dict, order: list[str], zer
     record["result"].update({
         "task": t, "lang": record["lang"], "method": learner.cfg.method.name, "seconds": round(seconds, 1),
         "languages": seen, "order": list(order), "growth": record["growth"], "best_epoch": record["best_epoch"],
-        "best_val_r_mean": record["best_val"]["r_mean"], "cl": cl, "zero_shot": zero_shot,
+        "best_val_r_mean": record["best_val"]["r_mean"], "train_loss": record["history"][-1]["train_loss"],
+        "cl": cl, "zero_shot": zero_shot,
     })
     return record["result"]
 
