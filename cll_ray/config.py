@@ -6,6 +6,7 @@ Merge order: dataclass defaults < ``configs/default.yaml`` < experiment YAML < m
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -18,6 +19,23 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration key or value that does not fit the schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (YAML 1.2): "no" is Norwegian, not False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass(frozen=True)
@@ -183,7 +201,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = load_yaml(raw) if raw != "" else ""
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -204,7 +222,7 @@ def _deep_update(target: dict, update: dict) -> dict:
 
 def _package_yaml(name: str) -> dict:
     text = resources.files("cll_ray").joinpath("configs", name).read_text(encoding="utf-8")
-    return yaml.safe_load(text) or {}
+    return load_yaml(text) or {}
 
 
 def method_presets() -> dict[str, dict[str, Any]]:
@@ -235,7 +253,7 @@ def load_config(
         path = Path(experiment)
         if not path.exists():
             raise ConfigError(f"experiment file not found: {path}")
-        _deep_update(values, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        _deep_update(values, load_yaml(path.read_text(encoding="utf-8")) or {})
     parsed = [parse_override(o) for o in overrides]
     method = method or next((o["method"]["name"] for o in parsed if "name" in o.get("method", {})), None)
     method = method or values.get("method", {}).get("name")

@@ -55,10 +55,6 @@ def attention_backend(device: torch.device | str = "cpu"):
         yield
 
 
-def context_length_of(arch: str) -> int:
-    register_model_configs()
-    return int(open_clip.get_model_config(arch)["text_cfg"].get("context_length", 77))
-
 
 def eos_first_pool(hidden: torch.Tensor, ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Hidden state at the FIRST occurrence of ``eos_id`` in each row (method.md §1.3, trap 2).

@@ -39,6 +39,18 @@ def test_bad_overrides_are_errors(override, message):
         load_config(overrides=[override])
 
 
+def test_norwegian_is_a_language_not_a_boolean(tmp_path):
+    cfg = load_config(overrides=["run.languages=[en, no, sv]"])
+    assert cfg.run.languages == ("en", "no", "sv")
+    save_config(cfg, tmp_path / "c.yaml")
+    from cll_ray.driver import load_run_configs
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "c.yaml").rename(tmp_path / "m" / "config.yaml")
+    assert load_run_configs(tmp_path)["cll_clip"].run.languages == ("en", "no", "sv")
+    assert load_config(overrides=["method.grad_scale=true"]).method.grad_scale is True
+
+
 def test_unknown_method_is_an_error():
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         load_config(method="nope")
