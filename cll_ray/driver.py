@@ -51,7 +51,7 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
 def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
     """Dataset, base model and features, validated and copied into the run directory (workers read them there)."""
     dataset = resolve_dataset(cfg, progress=progress)
-    for lang in cfg.run.languages:  # bad input fails here, before Ray starts anything
+    for lang in cfg.run.languages:  # validated before anything is written or Ray starts
         ds.read_captions(dataset, lang, splits=("train", "val", "test"), require_english=False)
         ds.read_captions(dataset, lang, splits=("train",), require_english=lang != "en")
     base_dir, features_dir = run_dir / "base", run_dir / "features"
@@ -136,11 +136,11 @@ def run_experiment(
     """Run every method's sequence on Ray; returns {method: {"rows", "return_value", "seconds"}}."""
     run_dir = Path(run_dir).resolve()
     cfg = _check_compatible(cfgs)
-    # 1. the run directory: resolved configs first, so a crashed run can be resumed from it
+    # 1. inputs once, on the driver; bad input fails here, before anything is written
+    inputs = prepare_inputs(cfg, run_dir, progress=progress)
+    # 2. the resolved configs, so that a crashed run can be resumed from its directory
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
-    # 2. inputs once, on the driver
-    inputs = prepare_inputs(cfg, run_dir, progress=progress)
     ensure_ray(num_cpus)
     datasets = build_datasets(cfg, inputs)
     # 3. one Trainer per method, fitted side by side
