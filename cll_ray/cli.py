@@ -89,8 +89,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from cll_ray.config import ConfigError
+    from cll_ray.sweep_report import build_sweep_report
+    from cll_ray.tuner import run_sweep
+
+    started = time.time()
+    if args.resume:
+        sweep_dir = Path(args.resume).expanduser().resolve()
+        print(f"resuming sweep {sweep_dir}")
+    else:
+        if not args.space:
+            raise ConfigError("cll-ray tune needs a search space (tune_spaces/*.yaml) or --resume SWEEP_DIR")
+        from cll_ray.sweep import load_space
+
+        cfg = load_space(args.space).base_config(args.overrides)
+        name = cfg.run.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+        sweep_dir = Path(cfg.run.output_dir).expanduser().resolve() / name
+        print(f"sweep {sweep_dir}: {args.space}, {args.samples} samples")
+    grid = run_sweep(args.space, sweep_dir, overrides=list(args.overrides), samples=args.samples, orders=args.orders,
+                     concurrent=args.concurrent, resume=bool(args.resume), num_cpus=args.num_cpus,
+                     progress=not args.quiet)
+    report, table = build_sweep_report(sweep_dir)
+    print(f"\n{len(grid)} trials, {grid.num_errors} errors\n\n{table}\n\nreport: {report}")
+    print(f"wall time: {time.time() - started:.0f}s")
+    return 0 if grid.num_errors == 0 else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     from cll_ray.report import main as report_main
+    from cll_ray.sweep_report import build_sweep_report, is_sweep_dir
+
+    if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
+        report, table = build_sweep_report(args.run_dirs[0], args.out)
+        print(f"{table}\n\nreport: {report}")
+        return 0
 
     return report_main(args.run_dirs + (["--out", args.out] if args.out else []))
 
@@ -130,7 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
 
-    rep = sub.add_parser("report", help="rebuild report.md and plots from one or more run directories")
+    tun = sub.add_parser("tune", help="sweep a search space across seeded task orders (Ray Tune + HyperOpt + ASHA)")
+    tun.add_argument("space", nargs="?", help="a search space, e.g. tune_spaces/teir.yaml")
+    tun.add_argument("overrides", nargs="*", help="dotted config overrides for every trial, e.g. data.synthxm_size=small")
+    tun.add_argument("--samples", type=int, default=20, help="trials (default 20)")
+    tun.add_argument("--orders", type=int, help="task orders each trial runs (default: the space's `orders`)")
+    tun.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster's CPUs fit)")
+    tun.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
+    tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep; finished trials are kept")
+    tun.add_argument("--quiet", action="store_true", help="no progress output")
+    tun.set_defaults(func=_tune)
+
+    rep = sub.add_parser("report", help="rebuild report.md and plots from run directories, or from one sweep directory")
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output folder (default: the first run directory)")
     rep.set_defaults(func=_report)
@@ -138,10 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may come after options too (`tune SPACE --samples 4 train.lr=1e-3`): argparse leaves them
+    misplaced = [a for a in extra if "=" in a and not a.startswith("-")]
+    if len(misplaced) != len(extra) or (misplaced and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced or not hasattr(args, 'overrides'))}")
+    if misplaced:
+        args.overrides = [*args.overrides, *misplaced]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"cll-ray: error: {e}", file=sys.stderr)
         return 2
 

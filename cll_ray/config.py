@@ -201,10 +201,14 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    value = load_yaml(raw) if raw != "" else ""
+    return dotted(key.strip(), load_yaml(raw) if raw != "" else "")
+
+
+def dotted(key: str, value: Any) -> dict[str, Any]:
+    """``("train.lr", 3e-5)`` -> ``{"train": {"lr": 3e-5}}``."""
     nested: dict[str, Any] = {}
     node = nested
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
@@ -275,6 +279,7 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
 
 __all__ = [
     "ConfigError",
+    "dotted",
     "DataConfig",
     "ExperimentConfig",
     "MethodConfig",

@@ -28,7 +28,7 @@ from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
-from cll_ray.worker import CHECKPOINT_FILE, train_loop_per_worker
+from cll_ray.worker import CHECKPOINT_FILE, single_sequence, train_loop_per_worker
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -78,20 +78,25 @@ def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Da
     return build_train_datasets(inputs["dataset_dir"], tokenizers, learner.context_length, inputs["features_dir"])
 
 
-def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path) -> TorchTrainer:
+def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path, *, name: str | None = None,
+                  sequences: list[dict] | None = None, checkpoint_dir: Path | None = None, storage: str | None = None,
+                  objective: dict | None = None, callbacks: list | None = None) -> TorchTrainer:
+    """The method's Trainer. A run passes only the first four; a sweep trial names its own Train run, passes
+    its task orders as ``sequences``, the objective to report and Tune's report callback."""
     run = cfg.run
-    storage = run.storage_path or str(run_dir / "train")
+    loop_config = {
+        "experiment": cfg.to_dict(),
+        "base_dir": inputs["base_dir"],
+        "features_dir": inputs["features_dir"],
+        "dataset_dir": inputs["dataset_dir"],
+        "sequences": sequences or single_sequence(cfg, inputs["plan"]),
+        "checkpoint_dir": str(checkpoint_dir or run_dir / cfg.method.name / "checkpoints"),
+        "threads_per_worker": max(1, int(run.cpus_per_worker)),
+        "objective": objective,
+    }
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "experiment": cfg.to_dict(),
-            "base_dir": inputs["base_dir"],
-            "features_dir": inputs["features_dir"],
-            "dataset_dir": inputs["dataset_dir"],
-            "plan": inputs["plan"],
-            "checkpoint_dir": str(run_dir / cfg.method.name / "checkpoints"),
-            "threads_per_worker": max(1, int(run.cpus_per_worker)),
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.num_workers, use_gpu=run.use_gpu,
             resources_per_worker=None if run.num_workers == 0 else {"CPU": run.cpus_per_worker},
@@ -100,10 +105,11 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
         # several workers each get a disjoint shard (streaming_split); one worker reads the dataset whole
         dataset_config=ray.train.DataConfig(datasets_to_split="all" if run.num_workers > 1 else []),
         run_config=ray.train.RunConfig(
-            name=f"{run_dir.name}-{cfg.method.name}",  # stable: a re-fit with the same name resumes
-            storage_path=storage,
+            name=name or f"{run_dir.name}-{cfg.method.name}",  # stable: a re-fit with the same name resumes
+            storage_path=storage or run.storage_path or str(run_dir / "train"),
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
 

@@ -1,9 +1,11 @@
-"""Ray Train worker: one method's whole language sequence, data-parallel, checkpointed after every task.
+"""Ray Train worker: one method's language sequences, data-parallel, checkpointed after every task.
 
+A run has one sequence (its task order); a sweep trial has one per task order, learned one after another by
+independent learners in the same worker group, so a trial pays one Trainer start-up for all its orders.
 Every rank runs the same deterministic per-task steps (tokenizer growth, seeded new rows, T_t, r_i) so their
 learners stay identical; gradients are averaged by DDP through the wrapped module's ``forward``. Rank 0
-evaluates every seen language after each task and reports a checkpoint of the learner; a restarted worker
-group (``FailureConfig``) or a resumed run continues after the last checkpointed task.
+evaluates every seen language after each task and reports a checkpoint holding every sequence's learner; a
+restarted worker group (``FailureConfig``) or a resumed run continues after the last checkpointed task.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ from cll_ray.sequence import run_tasks, zero_shot_scores
 from cll_ray.tokenization import ClipBPE, GrowthStats
 
 CHECKPOINT_FILE = "learner.pt"
+REPORTED_METRICS = ("t2i_r1", "i2t_r1")  # AA and F of these go into every report
+
+
+def checkpoint_file(key: str) -> str:
+    """The learner file of sequence ``key`` inside a task checkpoint (a run's single sequence: learner.pt)."""
+    return f"learner-{key}.pt" if key else CHECKPOINT_FILE
+
+
+def single_sequence(cfg: ExperimentConfig, plan: dict) -> list[dict]:
+    """A run's one sequence: its task order, the driver's growth plan, datasets named ``train_<lang>``."""
+    return [{"key": "", "languages": list(cfg.run.languages), "plan": plan, "datasets": "train_"}]
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -34,35 +47,24 @@ def train_loop_per_worker(config: dict) -> dict:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
     base = BaseModel.load(config["base_dir"])
-    learner = ContinualLearner(base, FeatureStore.load(Path(config["features_dir"])), config["dataset_dir"], cfg)
-    # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
-    learner.use_plan(ClipBPE.from_json(config["plan"]["tokenizer"]), [GrowthStats(**g) for g in config["plan"]["growth"]])
-    order = list(cfg.run.languages)
+    features = FeatureStore.load(Path(config["features_dir"]))
+    sequences = config.get("sequences") or single_sequence(cfg, config["plan"])
     device = ray.train.torch.get_device()
-    learner.student.to(device)
+    total_tasks = sum(len(s["languages"]) for s in sequences)
+    objective = config.get("objective")  # a sweep's {"objective", "metric"}: reported with every task
 
     # 2. resume after the last completed task (a restarted worker group, or `cll-ray run --resume`)
-    zero_shot = None
+    restored: dict[str, dict] = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-        learner.load_state_dict(state["learner"])
-        learner.student.to(device)
-        zero_shot = state["extra"].get("zero_shot")
-        if rank == 0:
-            print(f"[{cfg.method.name}] resuming after task {len(learner.tasks)} ({learner.tasks[-1]['lang']})", flush=True)
-    if zero_shot is None and rank == 0:
-        zero_shot = zero_shot_scores(learner, order)
+            for seq in sequences:
+                path = Path(d) / checkpoint_file(seq["key"])
+                if path.exists():
+                    restored[seq["key"]] = load_checkpoint(path)
 
     # 3. this rank's shard of each language, and a step count every rank agrees on
     shard_digests: dict[str, list[int]] = {}
-
-    def train_set_for(lang: str):
-        train_set = collect_train_set(ray.train.get_dataset_shard(f"train_{lang}"))
-        shard_digests[lang] = train_set.keys.tolist()
-        return train_set
-
     per_rank_batch = max(1, cfg.train.batch_size // world)
 
     def steps_for(rows: int) -> int:
@@ -75,34 +77,86 @@ def train_loop_per_worker(config: dict) -> dict:
         # prepare_model wraps in DDP when world > 1; the engine calls the wrapper's forward (gradient sync)
         return ray.train.torch.prepare_model(module) if world > 1 else module.to(device)
 
-    # 4. after each task: rank 0 evaluates and checkpoints; every rank reports (report is a barrier)
-    def on_task(learner: ContinualLearner, record: dict) -> None:
-        metrics = {"task": record["index"], "lang": record["lang"], "best_epoch": record["best_epoch"]}
-        if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        result = record["result"]
-        metrics.update({"t2i_r1_AA": result["cl"]["t2i_r1"]["AA"], "i2t_r1_AA": result["cl"]["i2t_r1"]["AA"]})
-        print(f"[{cfg.method.name}] task {record['index'] + 1}/{len(order)} {record['lang']}: t2i R@1 "
-              f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
-              f"({result['seconds']:.0f}s)", flush=True)
-        # the run directory keeps every task's checkpoint; Ray Train also persists it to run.storage_path
-        name = f"task{record['index']:02d}-{record['lang']}"
-        folder = Path(config["checkpoint_dir"]) / name
-        save_checkpoint(folder / CHECKPOINT_FILE, cfg, learner.state_dict(), base.fingerprint,
-                        extra={"zero_shot": zero_shot, "world_size": world})
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+    learners: list[ContinualLearner] = []
+    zero_shots: list[dict | None] = []
+    offset = 0  # tasks of the sequences before this one
+    for seq in sequences:
+        learner = ContinualLearner(base, features, config["dataset_dir"], cfg)
+        # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
+        plan = seq["plan"]
+        learner.use_plan(ClipBPE.from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
+        learner.student.to(device)
+        order = list(seq["languages"])
+        zero_shot = None
+        if seq["key"] in restored:
+            state = restored[seq["key"]]
+            learner.load_state_dict(state["learner"])
+            learner.student.to(device)
+            zero_shot = state["extra"].get("zero_shot")
+            if rank == 0 and len(learner.tasks) < len(order):
+                print(f"[{cfg.method.name}{_tag(seq)}] resuming after task {len(learner.tasks)} "
+                      f"({learner.tasks[-1]['lang']})", flush=True)
+        learners.append(learner)
+        zero_shots.append(zero_shot)
+        if len(learner.tasks) >= len(order):
+            offset += len(order)
+            continue
+        if zero_shot is None and rank == 0:
+            zero_shot = zero_shots[-1] = zero_shot_scores(learner, order)
 
-    run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch, steps_for=steps_for,
-              wrap=wrap, device=device, evaluate_now=rank == 0, progress=False, on_task=on_task)
+        def train_set_for(lang: str, prefix=seq["datasets"], key=seq["key"]):
+            train_set = collect_train_set(ray.train.get_dataset_shard(f"{prefix}{lang}"))
+            shard_digests[f"{key}:{lang}" if key else lang] = train_set.keys.tolist()
+            return train_set
 
-    # 5. what the driver reads back, per rank: the final embedding checksum (the ranks must agree: gradient
-    #    sync) and the row keys each rank trained on since this worker group started (disjoint shards)
-    mine = {"checksum": float(learner.student.token_embedding.weight.detach().double().sum()),
+        # 4. after each task: rank 0 evaluates and checkpoints; every rank reports (report is a barrier)
+        def on_task(learner: ContinualLearner, record: dict, seq=seq, order=order, offset=offset,
+                    zero_shot=zero_shot) -> None:
+            metrics = {"sequence": seq["key"], "task": record["index"], "lang": record["lang"],
+                       "step": offset + record["index"] + 1, "best_epoch": record["best_epoch"]}
+            if rank != 0:
+                ray.train.report(metrics, checkpoint=None)
+                return
+            result = record["result"]
+            for metric in REPORTED_METRICS:
+                metrics.update({f"{metric}_AA": result["cl"][metric]["AA"], f"{metric}_F": result["cl"][metric]["F"]})
+            if objective is not None:
+                from cll_ray.sweep import sweep_metrics
+
+                latest = [lr.tasks[-1]["result"]["cl"] if lr.tasks else None for lr in learners]
+                metrics.update(sweep_metrics(latest, objective["objective"], objective["metric"]))
+            print(f"[{cfg.method.name}{_tag(seq)}] task {record['index'] + 1}/{len(order)} {record['lang']}: t2i R@1 "
+                  f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
+                  f"({result['seconds']:.0f}s)", flush=True)
+            # the run directory keeps every task's checkpoint; Ray Train also persists it to run.storage_path
+            name = f"{seq['key'] + '-' if seq['key'] else ''}task{record['index']:02d}-{record['lang']}"
+            folder = Path(config["checkpoint_dir"]) / name
+            for other, other_seq, other_zero in zip(learners, sequences, zero_shots):
+                if other is learner or other.tasks:  # every sequence so far: a checkpoint is self-contained
+                    save_checkpoint(folder / checkpoint_file(other_seq["key"]), cfg, other.state_dict(),
+                                    base.fingerprint, extra={"zero_shot": zero_shot if other is learner else other_zero,
+                                                             "world_size": world, "languages": other_seq["languages"]})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+
+        run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch,
+                  steps_for=steps_for, wrap=wrap, device=device, evaluate_now=rank == 0, progress=False,
+                  on_task=on_task)
+        offset += len(order)
+    assert offset == total_tasks
+
+    # 5. what the driver reads back, per rank: the final embedding checksum of each sequence (the ranks must
+    #    agree: gradient sync) and the row keys each rank trained on since this worker group started
+    mine = {"checksum": [float(lr.student.token_embedding.weight.detach().double().sum()) for lr in learners],
             "shard_keys": shard_digests}
     ranks = [mine]
     if world > 1 and dist.is_initialized():
         ranks = [None] * world
         dist.all_gather_object(ranks, mine)
-    return {"tasks": len(learner.tasks), "embedding_checksums": [r["checksum"] for r in ranks],
+    checksums = [r["checksum"] for r in ranks]
+    return {"tasks": sum(len(lr.tasks) for lr in learners),
+            "embedding_checksums": [c[0] for c in checksums] if len(sequences) == 1 else checksums,
             "shard_keys": [r["shard_keys"] for r in ranks]}
+
+
+def _tag(seq: dict) -> str:
+    return f" {seq['key']}" if seq["key"] else ""

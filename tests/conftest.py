@@ -35,3 +35,13 @@ def tiny_features(tiny_synthxm, shipped_base, tmp_path_factory):
     from cll_ray.features import load_or_compute_features
 
     return load_or_compute_features(tiny_synthxm, shipped_base, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def cli_home(tmp_path_factory):
+    """A data home with tiny SynthXM where `data.synthxm_size=tiny` looks, for CLI subprocesses."""
+    from cll_ray.synthxm import generate_synthxm
+
+    home = tmp_path_factory.mktemp("cli-home")
+    generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", progress=False)
+    return home

@@ -1,40 +1,27 @@
 """The CLI as users run it, in separate processes: a driver killed mid-run and resumed; `ray job submit`."""
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
+from helpers import BIN, REPO, cli, cli_env, kill_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 TINY = ["--methods", "cll_clip_teir", "--langs", "en,fr,ru", "--workers", "1", "--quiet", "data.synthxm_size=tiny",
         "train.batch_size=32", "train.lr=5e-3", "model.language_vocab_size=600"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    from cll_ray.synthxm import generate_synthxm
-
-    generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", progress=False)
-    return {**os.environ, "CLL_RAY_HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-            "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+def env(cli_home):
+    return cli_env(cli_home)
 
 
-def cli(args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "cll_ray", "run", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def run_cli(args, env, **kwargs):
+    return cli(["run", *args], env, **kwargs)
 
 
 def finish(proc, timeout=600):
@@ -50,25 +37,18 @@ def matrix(run_dir):
 
 def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(env, tmp_path):
     # 1. an uninterrupted run, for reference
-    finish(cli([*TINY, f"run.output_dir={tmp_path}", "run.name=straight"], env))
+    finish(run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=straight"], env))
     # 2. the same run, its driver (and the local Ray it started) killed once task 1 is checkpointed
-    proc = cli([*TINY, f"run.output_dir={tmp_path}", "run.name=killed"], env, start_new_session=True)
+    proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=killed"], env, start_new_session=True)
     first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task00-en"
     deadline = time.time() + 300
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"
         time.sleep(0.2)
-    family = psutil.Process(proc.pid).children(recursive=True)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=30)
+    kill_tree(proc)
     assert not (tmp_path / "killed" / "cll_clip_teir" / "results.jsonl").exists()
     # 3. resume: continues after the last completed task and reaches the same final matrix
-    out = finish(cli(["--resume", str(tmp_path / "killed"), "--quiet"], env))
+    out = finish(run_cli(["--resume", str(tmp_path / "killed"), "--quiet"], env))
     assert "resuming" in out
     langs, resumed = matrix(tmp_path / "killed")
     assert langs == ["en", "fr", "ru"]

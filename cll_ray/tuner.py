@@ -1,0 +1,163 @@
+"""Ray Tune adapter: sweep a search space (``cll_ray.sweep``) across K task orders with HyperOpt and ASHA.
+
+The Train V2 pattern: each trial is a small driver (``sweep_trial``) that builds its own ``TorchTrainer``, whose
+workers learn every task order of the sweep one after another and report after every task; Ray's
+``TuneReportCallback`` forwards those reports to Tune. The inputs (dataset, base model, features) and one
+tokenized, materialized dataset per (order, language) are prepared once by the sweep driver and shared with
+every trial. ASHA compares trials at the same task position (``step``); HyperOpt (behind a
+``ConcurrencyLimiter``) proposes configurations. Layout of a sweep directory::
+
+    <sweep>/sweep.json, space.yaml     what was asked (for --resume and the report)
+    <sweep>/base, features              the shared inputs
+    <sweep>/trials/<trial_id>/          config.yaml and the task checkpoints of each trial
+    <storage>/tune, <storage>/train     Tune's experiment and the trials' Train runs (storage = run.storage_path,
+                                        else <sweep>/storage)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from cll_ray.config import ExperimentConfig, save_config
+from cll_ray.driver import build_datasets, build_trainer, ensure_ray, prepare_inputs
+from cll_ray.io import atomic_write_text
+from cll_ray.sweep import SearchSpace, apply_point, load_space, task_orders
+
+SWEEP_FILE = "sweep.json"
+SPACE_COPY = "space.yaml"
+TUNE_NAME = "tune"
+
+
+def storage_root(cfg: ExperimentConfig, sweep_dir: Path) -> str:
+    return cfg.run.storage_path.rstrip("/") if cfg.run.storage_path else str(sweep_dir / "storage")
+
+
+def experiment_path(sweep_dir: Path) -> str:
+    """Where Tune keeps the sweep's experiment (read by ``cll-ray report`` and ``--resume``)."""
+    info = json.loads((Path(sweep_dir) / SWEEP_FILE).read_text(encoding="utf-8"))
+    return info["experiment_path"]
+
+
+def sweep_trial(point: dict, shared: dict) -> None:
+    """One trial: the sampled configuration learned on every task order, reporting after every task."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = apply_point(ExperimentConfig.from_dict(shared["experiment"]), point)
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(shared["sweep_dir"]) / "trials" / trial_id
+    save_config(cfg, trial_dir / "config.yaml")
+    trainer = build_trainer(
+        cfg, shared["inputs"], shared["datasets"], trial_dir, name=trial_id, sequences=shared["sequences"],
+        checkpoint_dir=trial_dir / "checkpoints", storage=f"{shared['storage']}/train",
+        objective=shared["objective"], callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+def trial_cpus(cfg: ExperimentConfig) -> float:
+    """CPUs one trial's Train workers hold (local mode trains inside the trial itself)."""
+    return cfg.run.cpus_per_worker * max(1, cfg.run.num_workers)
+
+
+def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]], sweep_dir: Path,
+             progress: bool) -> dict:
+    """Inputs once, and one tokenized dataset per (order, language), named ``o<k>_train_<lang>``."""
+    inputs = prepare_inputs(cfg, sweep_dir, progress=progress)
+    datasets, sequences = {}, []
+    for k, order in enumerate(orders):
+        order_cfg = apply_point(cfg, {"run.languages": order})
+        for name, dataset in build_datasets(order_cfg, inputs).items():
+            datasets[f"o{k}_{name}"] = dataset
+        sequences.append({"key": f"o{k}", "languages": order, "plan": inputs["plan"], "datasets": f"o{k}_train_"})
+    return {
+        "experiment": cfg.to_dict(),
+        "sweep_dir": str(sweep_dir),
+        "inputs": {k: inputs[k] for k in ("dataset_dir", "base_dir", "features_dir")},
+        "datasets": datasets,
+        "sequences": sequences,
+        "storage": storage_root(cfg, sweep_dir),
+        "objective": {"objective": space.objective, "metric": space.metric},
+    }
+
+
+def _trainable(shared: dict, cfg: ExperimentConfig):
+    resources = {"CPU": trial_cpus(cfg) if cfg.run.num_workers == 0 else 0.01}  # the trial driver itself
+    return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared), resources)
+
+
+def _search_and_schedule(space: SearchSpace, cfg: ExperimentConfig, total_tasks: int, concurrent: int,
+                         tasks_per_order: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    points = [space.preset_point(cfg)] if space.evaluate_preset else []
+    if space.algorithm == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        searcher = ConcurrencyLimiter(
+            HyperOptSearch(points_to_evaluate=points or None, n_initial_points=space.initial_points,
+                           random_state_seed=space.search_seed),
+            max_concurrent=concurrent)
+    else:
+        searcher = BasicVariantGenerator(points_to_evaluate=points or None, random_state=space.search_seed,
+                                         max_concurrent=concurrent)
+    if not space.asha:
+        return searcher, FIFOScheduler()
+    scheduler = ASHAScheduler(time_attr="step", max_t=total_tasks, grace_period=space.grace_period or tasks_per_order,
+                              reduction_factor=space.reduction_factor)
+    return searcher, scheduler
+
+
+def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] = (), samples: int = 20,
+              orders: int | None = None, concurrent: int | None = None, resume: bool = False,
+              num_cpus: int | None = None, progress: bool = True) -> tune.ResultGrid:
+    """Run (or, with ``resume``, continue) a sweep; returns Tune's ResultGrid."""
+    sweep_dir = Path(sweep_dir).resolve()
+    if resume:
+        info = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+        space = load_space(sweep_dir / SPACE_COPY)
+        overrides, samples, order_list = info["overrides"], info["samples"], info["orders"]
+        cfg = space.base_config(overrides)
+    else:
+        if (sweep_dir / SWEEP_FILE).exists():
+            raise FileExistsError(f"{sweep_dir}: a sweep is already there; continue it with --resume {sweep_dir}")
+        space = load_space(space_file)
+        cfg = space.base_config(overrides)
+        order_list = task_orders(cfg.run.languages, orders or space.orders, space.order_seed)
+    ensure_ray(num_cpus)
+    shared = _prepare(space, cfg, order_list, sweep_dir, progress)
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    concurrent = concurrent or max(1, int(cpus // trial_cpus(cfg)))
+    exp_path = f"{shared['storage']}/{TUNE_NAME}"
+    if not resume:
+        shutil.copyfile(space_file, sweep_dir / SPACE_COPY)
+        atomic_write_text(sweep_dir / SWEEP_FILE, json.dumps({
+            "space_file": str(Path(space_file).resolve()), "overrides": list(overrides), "samples": samples,
+            "orders": order_list, "objective": space.objective, "metric": space.metric,
+            "experiment_path": exp_path, "concurrent": concurrent,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }, indent=2))
+    trainable = _trainable(shared, cfg)
+    if resume and tune.Tuner.can_restore(exp_path):
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        total = sum(len(o) for o in order_list)
+        searcher, scheduler = _search_and_schedule(space, cfg, total, concurrent, len(order_list[0]))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(),
+            tune_config=tune.TuneConfig(
+                metric="objective", mode="max", search_alg=searcher, scheduler=scheduler, num_samples=samples,
+                trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id),
+            run_config=tune.RunConfig(name=TUNE_NAME, storage_path=shared["storage"],
+                                      failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+                                      verbose=1 if progress else 0),
+        )
+    return tuner.fit()
+
