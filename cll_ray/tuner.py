@@ -65,6 +65,14 @@ def trial_cpus(cfg: ExperimentConfig) -> float:
     return cfg.run.cpus_per_worker * max(1, cfg.run.num_workers)
 
 
+def trials_that_fit(cfg: ExperimentConfig, resources: dict) -> int:
+    """How many trials the cluster holds at once: its CPUs (and GPUs) over what one trial's workers take."""
+    fit = int(float(resources.get("CPU", 1)) // trial_cpus(cfg))
+    if cfg.run.use_gpu:
+        fit = min(fit, int(float(resources.get("GPU", 0)) // max(1, cfg.run.num_workers)))
+    return max(1, fit)
+
+
 def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]], sweep_dir: Path,
              progress: bool) -> dict:
     """Inputs once, and one tokenized dataset per (order, language), named ``o<k>_train_<lang>``."""
@@ -132,8 +140,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
         order_list = task_orders(cfg.run.languages, orders or space.orders, space.order_seed)
     ensure_ray(num_cpus)
     shared = _prepare(space, cfg, order_list, sweep_dir, progress)
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    concurrent = concurrent or max(1, int(cpus // trial_cpus(cfg)))
+    concurrent = concurrent or trials_that_fit(cfg, ray.cluster_resources())
     exp_path = f"{shared['storage']}/{TUNE_NAME}"
     if not resume:
         shutil.copyfile(space_file, sweep_dir / SPACE_COPY)

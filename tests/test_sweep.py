@@ -100,3 +100,17 @@ def test_objectives_across_orders():
     assert order_score({"AA": 50.0, "F": math.nan}, "aa_minus_f") == 50.0
     with pytest.raises(ValueError):
         combine_orders([], "final_aa")
+
+
+def test_trials_fit_the_cluster():
+    from cll_ray.config import load_config
+    from cll_ray.tuner import trials_that_fit
+
+    two_workers = load_config(overrides=["run.num_workers=2", "run.cpus_per_worker=1"])
+    assert trials_that_fit(two_workers, {"CPU": 8.0}) == 4
+    assert trials_that_fit(two_workers, {"CPU": 1.0}) == 1  # never zero: the trial waits for resources
+    gpus = load_config(overrides=["run.num_workers=2", "run.use_gpu=true"])
+    assert trials_that_fit(gpus, {"CPU": 32.0, "GPU": 4.0}) == 2
+    local = load_config(overrides=["run.num_workers=0", "run.cpus_per_worker=0.5"])
+    assert trials_that_fit(local, {"CPU": 2.0}) == 4
+    assert not ray.is_initialized()
