@@ -103,6 +103,8 @@ def _tune(args: argparse.Namespace) -> int:
             raise ConfigError("cll-ray tune needs a search space (tune_spaces/*.yaml) or --resume SWEEP_DIR")
         from cll_ray.sweep import load_space
 
+        if args.workers is not None:
+            args.overrides = [*args.overrides, f"run.num_workers={args.workers}"]
         cfg = load_space(args.space).base_config(args.overrides)
         name = cfg.run.name or time.strftime("sweep-%Y%m%d-%H%M%S")
         sweep_dir = Path(cfg.run.output_dir).expanduser().resolve() / name
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("overrides", nargs="*", help="dotted config overrides for every trial, e.g. data.synthxm_size=small")
     tun.add_argument("--samples", type=int, default=20, help="trials (default 20)")
     tun.add_argument("--orders", type=int, help="task orders each trial runs (default: the space's `orders`)")
+    tun.add_argument("--workers", type=int, help="Ray Train workers per trial (run.num_workers; 0 = in the trial)")
     tun.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster's CPUs fit)")
     tun.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep; finished trials are kept")

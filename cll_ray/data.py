@@ -25,8 +25,9 @@ MAX_CAPTIONS_PER_IMAGE = 1000  # row keys are image_row * 1000 + caption_index
 class EncodeCaptions:
     """``map_batches`` callable: caption strings -> token ids + teacher text/image features + a stable row key."""
 
-    def __init__(self, tokenizers: dict[str, str], context_length: int, features_dir: str):
-        self.tokenizers = {lang: ClipBPE.from_json(text) for lang, text in tokenizers.items()}
+    def __init__(self, tokenizers: list[dict[str, str]], context_length: int, features_dir: str):
+        # one {lang: tokenizer} per task order: column ids_<k> holds the ids under order k's tokenizers
+        self.tokenizers = [{lang: ClipBPE.from_json(text) for lang, text in order.items()} for order in tokenizers]
         self.context_length = context_length
         self.features = FeatureStore.load(Path(features_dir))
 
@@ -36,14 +37,17 @@ class EncodeCaptions:
         # x_tgt = x_en for the English task (method.md §3)
         english = np.where(langs == "en", captions, batch["caption_en"].astype(str))
         image_rows = self.features.image_rows(batch["image_id"].astype(str).tolist())
-        ids = np.zeros((len(captions), self.context_length), dtype=np.int64)
-        for lang in np.unique(langs):
-            rows = np.nonzero(langs == lang)[0]
-            ids[rows] = self.tokenizers[lang].encode(captions[rows].tolist(), self.context_length)
+        out = {}
+        for k, tokenizers in enumerate(self.tokenizers):
+            ids = np.zeros((len(captions), self.context_length), dtype=np.int64)
+            for lang in np.unique(langs):
+                rows = np.nonzero(langs == lang)[0]
+                ids[rows] = tokenizers[lang].encode(captions[rows].tolist(), self.context_length)
+            out[f"ids_{k}"] = ids
         return {
             "lang": langs,
             "key": image_rows * MAX_CAPTIONS_PER_IMAGE + batch["caption_index"].astype(np.int64),
-            "ids": ids,
+            **out,
             "teacher": self.features.text_features[self.features.text_rows(english.tolist())],
             "image": self.features.image_features[image_rows],
             "image_index": image_rows,
@@ -51,18 +55,21 @@ class EncodeCaptions:
 
 
 def build_train_datasets(
-    dataset_dir: str | Path, tokenizers: dict[str, ClipBPE], context_length: int, features_dir: str | Path
+    dataset_dir: str | Path, tokenizers: dict[str, dict[str, ClipBPE]], context_length: int, features_dir: str | Path
 ) -> dict[str, ray.data.Dataset]:
-    """``{"train_<lang>": dataset}`` of model inputs for every language in ``tokenizers``."""
-    langs = list(tokenizers)
+    """``{prefix + lang: dataset}`` of model inputs, for every ``{prefix: {lang: tokenizer}}`` (a run has one
+    prefix, ``train_``; a sweep one per task order). One read and one tokenizing pass serve every prefix."""
+    prefixes = list(tokenizers)
+    langs = sorted({lang for per_lang in tokenizers.values() for lang in per_lang})
     encoded = (
         ray.data.read_parquet(str(Path(dataset_dir) / layout.CAPTIONS_DIR))  # hive: lang=<code>/ -> "lang"
         .filter(expr=(col("split") == "train") & col("lang").is_in(langs))
         .select_columns(["lang", "image_id", "caption_index", "caption", "caption_en"])
         .map_batches(
             EncodeCaptions,
-            fn_constructor_kwargs={"tokenizers": {lang: t.to_json() for lang, t in tokenizers.items()},
-                                   "context_length": context_length, "features_dir": str(features_dir)},
+            fn_constructor_kwargs={
+                "tokenizers": [{lang: t.to_json() for lang, t in tokenizers[p].items()} for p in prefixes],
+                "context_length": context_length, "features_dir": str(features_dir)},
             batch_format="numpy",
             batch_size=2048,
             compute=ray.data.ActorPoolStrategy(size=1),
@@ -70,7 +77,12 @@ def build_train_datasets(
         )
         .materialize()
     )
-    return {f"train_{lang}": encoded.filter(expr=col("lang") == lang).materialize() for lang in langs}
+    shared = ["lang", "key", "teacher", "image", "image_index"]
+    return {
+        f"{prefix}{lang}": encoded.filter(expr=col("lang") == lang).select_columns([*shared, f"ids_{k}"])
+        .rename_columns({f"ids_{k}": "ids"}).materialize()
+        for k, prefix in enumerate(prefixes) for lang in tokenizers[prefix]
+    }
 
 
 def collect_train_set(shard):

@@ -64,18 +64,25 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) 
     return {"dataset_dir": str(dataset), "base_dir": str(base_dir), "features_dir": str(features_dir), "base": base}
 
 
+def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str]) -> tuple[dict, dict]:
+    """The growth plan of ``order`` (the final tokenizer and each task's growth, for the workers) and the
+    tokenizer each of its tasks will have."""
+    features = FeatureStore.load(Path(inputs["features_dir"]))
+    learner = ContinualLearner(inputs["base"], features, inputs["dataset_dir"], cfg)
+    final, stats = learner.plan_growth(list(order))
+    learner.use_plan(final, stats)
+    plan = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
+    return plan, {lang: learner.plan[lang][0] for lang in order}
+
+
 def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Dataset]:
     """``train_<lang>`` for every language, tokenized with the tokenizer that task will have.
 
-    The plan of growth (the final tokenizer and each task's growth) is stored in ``inputs`` for the workers.
+    The plan of growth is stored in ``inputs`` for the workers.
     """
-    features = FeatureStore.load(Path(inputs["features_dir"]))
-    learner = ContinualLearner(inputs["base"], features, inputs["dataset_dir"], cfg)
-    final, stats = learner.plan_growth(list(cfg.run.languages))
-    learner.use_plan(final, stats)
-    inputs["plan"] = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
-    tokenizers = {lang: learner.plan[lang][0] for lang in cfg.run.languages}
-    return build_train_datasets(inputs["dataset_dir"], tokenizers, learner.context_length, inputs["features_dir"])
+    inputs["plan"], tokenizers = plan_tokenizers(cfg, inputs, list(cfg.run.languages))
+    return build_train_datasets(inputs["dataset_dir"], {"train_": tokenizers}, inputs["base"].context_length,
+                                inputs["features_dir"])
 
 
 def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path, *, name: str | None = None,
