@@ -12,6 +12,8 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# a loaded machine can take over a minute to start worker processes (Ray Train gives up after 60 s by default)
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
 
 
 def _synth(args: argparse.Namespace) -> int:

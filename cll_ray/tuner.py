@@ -24,7 +24,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from cll_ray.config import ExperimentConfig, save_config
+from cll_ray.config import ConfigError, ExperimentConfig, save_config
 from cll_ray.data import build_train_datasets
 from cll_ray.driver import build_trainer, ensure_ray, plan_tokenizers, prepare_inputs
 from cll_ray.io import atomic_write_text
@@ -62,8 +62,14 @@ def sweep_trial(point: dict, shared: dict) -> None:
 
 
 def trial_cpus(cfg: ExperimentConfig) -> float:
-    """CPUs one trial's Train workers hold (local mode trains inside the trial itself)."""
-    return cfg.run.cpus_per_worker * max(1, cfg.run.num_workers)
+    """CPUs one trial's Train workers hold."""
+    return cfg.run.cpus_per_worker * cfg.run.num_workers
+
+
+def check_sweepable(cfg: ExperimentConfig) -> None:
+    if cfg.run.num_workers < 1:
+        raise ConfigError("a sweep trains in Ray Train workers: run.num_workers (--workers) must be at least 1 "
+                          "(Ray Train's local mode is not available inside a Tune trial)")
 
 
 def trials_that_fit(cfg: ExperimentConfig, resources: dict) -> int:
@@ -95,9 +101,9 @@ def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]],
     }
 
 
-def _trainable(shared: dict, cfg: ExperimentConfig):
-    resources = {"CPU": trial_cpus(cfg) if cfg.run.num_workers == 0 else 0.01}  # the trial driver itself
-    return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared), resources)
+def _trainable(shared: dict):
+    # the trial driver itself only waits on its Trainer; the Trainer's workers hold the CPUs (and GPUs)
+    return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared), {"CPU": 0.01})
 
 
 def _search_and_schedule(space: SearchSpace, cfg: ExperimentConfig, total_tasks: int, concurrent: int,
@@ -139,6 +145,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
         space = load_space(space_file)
         cfg = space.base_config(overrides)
         order_list = task_orders(cfg.run.languages, orders or space.orders, space.order_seed)
+    check_sweepable(cfg)
     ensure_ray(num_cpus)
     shared = _prepare(space, cfg, order_list, sweep_dir, progress)
     concurrent = concurrent or trials_that_fit(cfg, ray.cluster_resources())
@@ -151,7 +158,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
             "experiment_path": exp_path, "concurrent": concurrent,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, indent=2))
-    trainable = _trainable(shared, cfg)
+    trainable = _trainable(shared)
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

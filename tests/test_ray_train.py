@@ -82,7 +82,15 @@ def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
 
 
 def _train_workers():
-    return [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    # only this test's Ray (started by this process): never another Ray instance on the same machine
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return found
 
 
 def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path):

@@ -104,13 +104,15 @@ def test_objectives_across_orders():
 
 def test_trials_fit_the_cluster():
     from cll_ray.config import load_config
-    from cll_ray.tuner import trials_that_fit
+    from cll_ray.tuner import check_sweepable, trials_that_fit
 
     two_workers = load_config(overrides=["run.num_workers=2", "run.cpus_per_worker=1"])
     assert trials_that_fit(two_workers, {"CPU": 8.0}) == 4
     assert trials_that_fit(two_workers, {"CPU": 1.0}) == 1  # never zero: the trial waits for resources
     gpus = load_config(overrides=["run.num_workers=2", "run.use_gpu=true"])
     assert trials_that_fit(gpus, {"CPU": 32.0, "GPU": 4.0}) == 2
-    local = load_config(overrides=["run.num_workers=0", "run.cpus_per_worker=0.5"])
-    assert trials_that_fit(local, {"CPU": 2.0}) == 4
+    half = load_config(overrides=["run.num_workers=1", "run.cpus_per_worker=0.5"])
+    assert trials_that_fit(half, {"CPU": 2.0}) == 4
+    with pytest.raises(ConfigError, match="at least 1"):
+        check_sweepable(load_config(overrides=["run.num_workers=0"]))
     assert not ray.is_initialized()
