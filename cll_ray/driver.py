@@ -31,10 +31,22 @@ from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, result
 from cll_ray.worker import CHECKPOINT_FILE, single_sequence, train_loop_per_worker
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+
+    A local start is retried: on a saturated machine the raylet can miss Ray's fixed 30 s registration window.
+    """
+    for attempt in range(1, attempts + 1):
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying", flush=True)
+            ray.shutdown()
+            time.sleep(5 * attempt)
 
 
 def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
@@ -87,7 +99,8 @@ def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Da
 
 def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path, *, name: str | None = None,
                   sequences: list[dict] | None = None, checkpoint_dir: Path | None = None, storage: str | None = None,
-                  objective: dict | None = None, callbacks: list | None = None) -> TorchTrainer:
+                  objective: dict | None = None, callbacks: list | None = None,
+                  keep_checkpoints: int | None = None) -> TorchTrainer:
     """The method's Trainer. A run passes only the first four; a sweep trial names its own Train run, passes
     its task orders as ``sequences``, the objective to report and Tune's report callback."""
     run = cfg.run
@@ -100,6 +113,7 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
         "checkpoint_dir": str(checkpoint_dir or run_dir / cfg.method.name / "checkpoints"),
         "threads_per_worker": max(1, int(run.cpus_per_worker)),
         "objective": objective,
+        "keep_checkpoints": keep_checkpoints,
     }
     return TorchTrainer(
         train_loop_per_worker,

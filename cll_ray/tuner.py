@@ -9,7 +9,7 @@ every trial. ASHA compares trials at the same task position (``step``); HyperOpt
 
     <sweep>/sweep.json, space.yaml     what was asked (for --resume and the report)
     <sweep>/base, features              the shared inputs
-    <sweep>/trials/<trial_id>/          config.yaml and the task checkpoints of each trial
+    <sweep>/trials/<trial_id>/          config.yaml and the newest task checkpoint of each trial
     <storage>/tune, <storage>/train     Tune's experiment and the trials' Train runs (storage = run.storage_path,
                                         else <sweep>/storage)
 """
@@ -56,7 +56,7 @@ def sweep_trial(point: dict, shared: dict) -> None:
     trainer = build_trainer(
         cfg, shared["inputs"], shared["datasets"], trial_dir, name=trial_id, sequences=shared["sequences"],
         checkpoint_dir=trial_dir / "checkpoints", storage=f"{shared['storage']}/train",
-        objective=shared["objective"], callbacks=[TuneReportCallback()],
+        objective=shared["objective"], callbacks=[TuneReportCallback()], keep_checkpoints=1,
     )
     trainer.fit()
 

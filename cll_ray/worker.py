@@ -10,6 +10,7 @@ restarted worker group (``FailureConfig``) or a resumed run continues after the 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import ray.train
@@ -52,6 +53,7 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     total_tasks = sum(len(s["languages"]) for s in sequences)
     objective = config.get("objective")  # a sweep's {"objective", "metric"}: reported with every task
+    keep = config.get("keep_checkpoints")  # None: every task's checkpoint stays in checkpoint_dir
 
     # 2. resume after the last completed task (a restarted worker group, or `cll-ray run --resume`)
     restored: dict[str, dict] = {}
@@ -137,6 +139,11 @@ def train_loop_per_worker(config: dict) -> dict:
                                     base.fingerprint, extra={"zero_shot": zero_shot if other is learner else other_zero,
                                                              "world_size": world, "languages": other_seq["languages"]})
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+            if keep is not None:  # a sweep keeps only its newest task checkpoints (a run keeps every task's)
+                older = sorted((f for f in folder.parent.iterdir() if f.is_dir() and f != folder),
+                               key=lambda f: f.stat().st_mtime)
+                for stale in older[: max(0, len(older) - (keep - 1))]:
+                    shutil.rmtree(stale, ignore_errors=True)
 
         run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch,
                   steps_for=steps_for, wrap=wrap, device=device, evaluate_now=rank == 0, progress=False,
