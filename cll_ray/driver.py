@@ -11,6 +11,7 @@ checkpointed task. Methods run side by side as independent Trainers on the same 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -38,6 +39,9 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
     """
     for attempt in range(1, attempts + 1):
         if ray.is_initialized():
+            return
+        if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
+            ray.init(log_to_driver=True)
             return
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

@@ -34,3 +34,40 @@ def kill_tree(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(env: dict, num_cpus: int = 2) -> dict:
+    """``ray start --head`` on loopback; returns ``env`` with RAY_ADDRESS pointing at it (and RAY_DASHBOARD_URL).
+
+    Its processes inherit RAY_ADDRESS, so Ray's own state API inside them finds this cluster even when another
+    Ray instance runs on the same machine.
+    """
+    port, dashboard = free_port(), free_port()
+    env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_DASHBOARD_URL": f"http://127.0.0.1:{dashboard}"}
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    return env
+
+
+def stop_head(env: dict) -> None:
+    """Stop only the cluster at env's RAY_ADDRESS (``ray stop`` would stop every Ray on the machine)."""
+    address = env["RAY_ADDRESS"]
+    port = address.rsplit(":", 1)[1]
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if address in cmdline or f"--gcs_server_port={port}" in cmdline:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass

@@ -2,12 +2,11 @@
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
-from helpers import BIN, REPO, cli, cli_env, kill_tree
+from helpers import BIN, REPO, cli, cli_env, kill_tree, start_head, stop_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -55,26 +54,15 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     assert resumed == matrix(tmp_path / "straight")[1]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
-    port, dashboard = _free_port(), _free_port()
+    env = start_head(env)
     ray = str(BIN / "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
-    assert start.returncode == 0, start.stdout + start.stderr
     try:
         runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
                                                                       "RAY_DATA_DISABLE_PROGRESS_BARS")},
                                   "excludes": [".venv", "runs", ".cache", ".git"]})
         submit = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+            [ray, "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
              "--runtime-env-json", runtime_env, "--",
              "cll-ray", "run", *TINY, f"run.output_dir={tmp_path}", "run.name=job"],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -84,5 +72,5 @@ def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
         assert langs == ["en", "fr", "ru"] and len(rows[-1]) == 6
         assert (tmp_path / "job" / "report.md").exists()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(env)
         shutil.rmtree(tmp_path / "job" / "train", ignore_errors=True)

@@ -1,7 +1,8 @@
-"""A real sweep on real Ray: `cll-ray tune` killed after its first finished trial, resumed, then reported.
+"""A real sweep on a real Ray cluster: `cll-ray tune` killed after its first finished trial, resumed, reported.
 
 Tiny SynthXM, 3 languages, 2 seeded orders, 4 samples of tune_spaces/teir.yaml; each trial's driver fits its own
-TorchTrainer (one worker) that learns both orders and reports after every task.
+TorchTrainer (one worker) that learns both orders and reports after every task. The sweep runs against a
+`ray start --head` cluster on loopback (as under `ray job submit`), whose driver is killed and restarted.
 """
 
 import json
@@ -12,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, cli, cli_env, kill_tree
+from helpers import REPO, cli, cli_env, kill_tree, start_head, stop_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-SWEEP = ["tune_spaces/teir.yaml", "--samples", "4", "--orders", "2", "--quiet", "--num-cpus", "2",
+SWEEP = ["tune_spaces/teir.yaml", "--samples", "4", "--orders", "2", "--quiet",
          "data.synthxm_size=tiny", "run.languages=[en,fr,ru]", "train.batch_size=32", "train.lr=5e-3",
          "model.language_vocab_size=600"]
 TASKS = 6  # 2 orders x 3 languages
@@ -24,7 +25,9 @@ TASKS = 6  # 2 orders x 3 languages
 
 @pytest.fixture(scope="module")
 def env(cli_home):
-    return cli_env(cli_home)
+    env = start_head(cli_env(cli_home))
+    yield env
+    stop_head(env)
 
 
 def finished_trials(sweep_dir: Path) -> dict[str, float]:
@@ -39,7 +42,7 @@ def finished_trials(sweep_dir: Path) -> dict[str, float]:
 
 def test_sweep_reports_every_trial_resumes_after_a_kill_and_writes_its_report(env, tmp_path):
     sweep_dir = tmp_path / "sw"
-    # 1. start the sweep; kill the driver and its local Ray once a trial has run every task of both orders
+    # 1. start the sweep; kill its driver once a trial has run every task of both orders
     proc = cli(["tune", *SWEEP, f"run.output_dir={tmp_path}", "run.name=sw"], env, start_new_session=True)
     deadline = time.time() + 900
     while not finished_trials(sweep_dir):
@@ -53,7 +56,7 @@ def test_sweep_reports_every_trial_resumes_after_a_kill_and_writes_its_report(en
     assert 1 <= len(before) < 4
 
     # 2. resume: the remaining trials run, the finished ones are not rerun
-    resumed = cli(["tune", "--resume", str(sweep_dir), "--quiet", "--num-cpus", "2"], env)
+    resumed = cli(["tune", "--resume", str(sweep_dir), "--quiet"], env)
     out, _ = resumed.communicate(timeout=1200)
     assert resumed.returncode == 0, out[-4000:]
     assert "resuming sweep" in out
