@@ -33,7 +33,8 @@ from cll_ray.worker import CHECKPOINT_FILE, single_sequence, train_loop_per_work
 
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
-    """Join the cluster in RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+    """Join the cluster in RAY_ADDRESS (as under `ray job submit`; ``RAY_ADDRESS=auto`` joins a cluster started
+    with `ray start` on this machine), else start a new local Ray, never another process's instance.
 
     A local start is retried: on a saturated machine the raylet can miss Ray's fixed 30 s registration window.
     """
@@ -44,7 +45,7 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
             ray.init(log_to_driver=True)
             return
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
         except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise

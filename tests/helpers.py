@@ -71,3 +71,7 @@ def stop_head(env: dict) -> None:
                 p.kill()
             except psutil.Error:
                 pass
+    # `ray start` recorded the cluster for address auto-detection; forget it as `ray stop` does
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink(missing_ok=True)
