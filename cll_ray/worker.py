@@ -51,7 +51,6 @@ def train_loop_per_worker(config: dict) -> dict:
     features = FeatureStore.load(Path(config["features_dir"]))
     sequences = config.get("sequences") or single_sequence(cfg, config["plan"])
     device = ray.train.torch.get_device()
-    total_tasks = sum(len(s["languages"]) for s in sequences)
     objective = config.get("objective")  # a sweep's {"objective", "metric"}: reported with every task
     keep = config.get("keep_checkpoints")  # None: every task's checkpoint stays in checkpoint_dir
 
@@ -79,54 +78,71 @@ def train_loop_per_worker(config: dict) -> dict:
         # prepare_model wraps in DDP when world > 1; the engine calls the wrapper's forward (gradient sync)
         return ray.train.torch.prepare_model(module) if world > 1 else module.to(device)
 
+    # 4. every sequence's learner, restored where a checkpoint holds it
     learners: list[ContinualLearner] = []
     zero_shots: list[dict | None] = []
-    offset = 0  # tasks of the sequences before this one
+    offsets: list[int] = []  # tasks of the sequences before each one
     for seq in sequences:
         learner = ContinualLearner(base, features, config["dataset_dir"], cfg)
         # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
         plan = seq["plan"]
         learner.use_plan(ClipBPE.from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
         learner.student.to(device)
-        order = list(seq["languages"])
         zero_shot = None
         if seq["key"] in restored:
             state = restored[seq["key"]]
             learner.load_state_dict(state["learner"])
             learner.student.to(device)
             zero_shot = state["extra"].get("zero_shot")
-            if rank == 0 and len(learner.tasks) < len(order):
+            if rank == 0 and len(learner.tasks) < len(seq["languages"]):
                 print(f"[{cfg.method.name}{_tag(seq)}] resuming after task {len(learner.tasks)} "
                       f"({learner.tasks[-1]['lang']})", flush=True)
+        offsets.append(sum(len(s["languages"]) for s in sequences[: len(learners)]))
         learners.append(learner)
         zero_shots.append(zero_shot)
+
+    def task_metrics(k: int, record: dict) -> dict:
+        metrics = {"sequence": sequences[k]["key"], "task": record["index"], "lang": record["lang"],
+                   "step": offsets[k] + record["index"] + 1, "best_epoch": record["best_epoch"]}
+        if rank != 0:
+            return metrics
+        result = record["result"]
+        for metric in REPORTED_METRICS:
+            metrics.update({f"{metric}_AA": result["cl"][metric]["AA"], f"{metric}_F": result["cl"][metric]["F"]})
+        if objective is not None:
+            from cll_ray.sweep import sweep_metrics
+
+            latest = [lr.tasks[-1]["result"]["cl"] if lr.tasks else None for lr in learners]
+            metrics.update(sweep_metrics(latest, objective["objective"], objective["metric"]))
+        return metrics
+
+    # a resumed worker group first reports its last checkpointed task again: that report may never have reached
+    # the caller (a sweep trial interrupted right after its last task would otherwise end without its result)
+    done = [k for k, lr in enumerate(learners) if lr.tasks]
+    if restored and done:
+        ray.train.report(task_metrics(done[-1], learners[done[-1]].tasks[-1]), checkpoint=None)
+
+    # 5. learn what is left of every sequence
+    for k, (seq, learner) in enumerate(zip(sequences, learners)):
+        order = list(seq["languages"])
         if len(learner.tasks) >= len(order):
-            offset += len(order)
             continue
+        zero_shot = zero_shots[k]
         if zero_shot is None and rank == 0:
-            zero_shot = zero_shots[-1] = zero_shot_scores(learner, order)
+            zero_shot = zero_shots[k] = zero_shot_scores(learner, order)
 
         def train_set_for(lang: str, prefix=seq["datasets"], key=seq["key"]):
             train_set = collect_train_set(ray.train.get_dataset_shard(f"{prefix}{lang}"))
             shard_digests[f"{key}:{lang}" if key else lang] = train_set.keys.tolist()
             return train_set
 
-        # 4. after each task: rank 0 evaluates and checkpoints; every rank reports (report is a barrier)
-        def on_task(learner: ContinualLearner, record: dict, seq=seq, order=order, offset=offset,
-                    zero_shot=zero_shot) -> None:
-            metrics = {"sequence": seq["key"], "task": record["index"], "lang": record["lang"],
-                       "step": offset + record["index"] + 1, "best_epoch": record["best_epoch"]}
+        # after each task: rank 0 evaluates and checkpoints; every rank reports (report is a barrier)
+        def on_task(learner: ContinualLearner, record: dict, k=k, seq=seq, order=order, zero_shot=zero_shot) -> None:
+            metrics = task_metrics(k, record)
             if rank != 0:
                 ray.train.report(metrics, checkpoint=None)
                 return
             result = record["result"]
-            for metric in REPORTED_METRICS:
-                metrics.update({f"{metric}_AA": result["cl"][metric]["AA"], f"{metric}_F": result["cl"][metric]["F"]})
-            if objective is not None:
-                from cll_ray.sweep import sweep_metrics
-
-                latest = [lr.tasks[-1]["result"]["cl"] if lr.tasks else None for lr in learners]
-                metrics.update(sweep_metrics(latest, objective["objective"], objective["metric"]))
             print(f"[{cfg.method.name}{_tag(seq)}] task {record['index'] + 1}/{len(order)} {record['lang']}: t2i R@1 "
                   f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
                   f"({result['seconds']:.0f}s)", flush=True)
@@ -148,10 +164,8 @@ def train_loop_per_worker(config: dict) -> dict:
         run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch,
                   steps_for=steps_for, wrap=wrap, device=device, evaluate_now=rank == 0, progress=False,
                   on_task=on_task)
-        offset += len(order)
-    assert offset == total_tasks
 
-    # 5. what the driver reads back, per rank: the final embedding checksum of each sequence (the ranks must
+    # 6. what the driver reads back, per rank: the final embedding checksum of each sequence (the ranks must
     #    agree: gradient sync) and the row keys each rank trained on since this worker group started
     mine = {"checksum": [float(lr.student.token_embedding.weight.detach().double().sum()) for lr in learners],
             "shard_keys": shard_digests}
