@@ -48,8 +48,11 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
     return first
 
 
-def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Dataset, base model and features, validated and copied into the run directory (workers read them there)."""
+def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, num_cpus: int | None = None) -> dict:
+    """Dataset, base model and features, validated and copied into the run directory (workers read them there).
+
+    Features missing from the cache are computed by a Ray Data batch-inference job (``cll_ray.inference``).
+    """
     dataset = resolve_dataset(cfg, progress=progress)
     for lang in cfg.run.languages:  # validated before anything is written or Ray starts
         ds.read_captions(dataset, lang, splits=("train", "val", "test"), require_english=False)
@@ -60,7 +63,8 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) 
         base.save(base_dir)
     base = BaseModel.load(base_dir)
     if not (features_dir / "keys.json").exists():
-        load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress).save(features_dir)
+        ensure_ray(num_cpus)
+        load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress, base_dir=base_dir).save(features_dir)
     return {"dataset_dir": str(dataset), "base_dir": str(base_dir), "features_dir": str(features_dir), "base": base}
 
 
@@ -137,7 +141,7 @@ def run_experiment(
     run_dir = Path(run_dir).resolve()
     cfg = _check_compatible(cfgs)
     # 1. inputs once, on the driver; bad input fails here, before anything is written
-    inputs = prepare_inputs(cfg, run_dir, progress=progress)
+    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus)
     # 2. the resolved configs, so that a crashed run can be resumed from its directory
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
