@@ -62,15 +62,20 @@ def _bad_xm3600(tmp_path):
     return src, images
 
 
+def assert_reported(message: str, expected: list[tuple]) -> None:
+    """Each (file, line, kind[, detail]) appears in the error message as ``file:line N: kind: ...detail``."""
+    for path, line, kind, *detail in expected:
+        assert f"{path}:line {line}: {kind}" in message, (path, line, kind, message)
+        assert all(d in message for d in detail), detail
+
+
 def test_xm3600_bad_records_stop_with_file_and_line(tmp_path):
     src, images = _bad_xm3600(tmp_path)
     with pytest.raises(BadRecordsError) as err:
         import_xm3600(src, images, tmp_path / "xm", progress=False)
-    message = str(err.value)
-    assert f"{src}:line 13: missing image" in message
-    assert f"{src}:line 2: empty caption" in message
-    assert f"{src}:line 3: unknown language" in message and "'xx'" in message
-    assert f"{src}:line 14: duplicate id" in message and "already at line 4" in message
+    assert_reported(str(err.value), [(src, 13, "missing image"), (src, 2, "empty caption"),
+                                     (src, 3, "unknown language", "'xx'"),
+                                     (src, 14, "duplicate id", "already at line 4")])
     assert sorted(b.kind for b in err.value.bad) == ["duplicate id", "empty caption", "missing image",
                                                      "unknown language"]
     assert not (tmp_path / "xm").exists() and not list(tmp_path.glob(".xm*"))  # nothing half-written
@@ -138,12 +143,11 @@ def test_coco36_bad_records_stop_with_file_and_line(tmp_path):
     with pytest.raises(BadRecordsError) as err:
         import_coco36(src, images, tmp_path / "coco", progress=False)
     message = str(err.value)
-    assert f"{tsv}:line 5: empty caption" in message
-    assert f"{tsv}:line 25: missing image" in message
-    assert f"{tsv}:line 26: duplicate id" in message and "already at line 1" in message
-    assert "coco_vision-en-xx.tsv.gz:file 0: unknown language" in message
     # the duplicated val item (the third) starts on line 2 + 2 * 8 (indent=1: 8 lines per item)
-    assert f"{val}:line 18: duplicate id" in message and "already at line 2" in message
+    assert_reported(message, [(tsv, 5, "empty caption"), (tsv, 25, "missing image"),
+                              (tsv, 26, "duplicate id", "already at line 1"),
+                              (val, 18, "duplicate id", "image_id 13 already at line 2")])
+    assert "coco_vision-en-xx.tsv.gz:file 0: unknown language" in message
     assert not (tmp_path / "coco").exists()
 
 
@@ -207,9 +211,8 @@ def test_add_language_bad_rows(coco, tmp_path, capsys):
         encoding="utf-8")
     before = ds.read_manifest(coco)
     assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path)]) == 2
-    err = capsys.readouterr().err
-    for line, kind in [(3, "missing image"), (4, "empty caption"), (5, "unknown language"), (6, "duplicate id")]:
-        assert f"{path}:line {line}: {kind}" in err
+    assert_reported(capsys.readouterr().err, [(path, 3, "missing image"), (path, 4, "empty caption"),
+                                              (path, 5, "unknown language"), (path, 6, "duplicate id")])
     assert ds.read_manifest(coco) == before and not (coco / "captions" / "lang=sw").exists()
     assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--skip-bad"]) == 0
     assert "skipped 4 bad record(s)" in capsys.readouterr().out
