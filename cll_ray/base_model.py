@@ -120,14 +120,17 @@ class BaseModel:
         return cls(clip=clip, tokenizer=tokenizer, arch=arch, info=info)
 
     @classmethod
-    def from_open_clip(cls, arch: str, weights: str) -> BaseModel:
-        """A real CLIP (e.g. ViT-B-16) from a local weights file, with CLIP's own BPE vocabulary."""
-        if not Path(weights).exists():
+    def from_open_clip(cls, arch: str, weights: str | None) -> BaseModel:
+        """A real CLIP (e.g. ViT-B-16) from a local weights file, with CLIP's own BPE vocabulary.
+
+        ``weights=None`` gives the architecture randomly initialised: for tests of the real model path only.
+        """
+        if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: pretrained weights file not found (nothing is downloaded)")
         tokenizer = ClipBPE.from_clip_bpe_file()
         clip = build_clip(arch, tokenizer.size, tokenizer.eos_id, pretrained=weights)
         clip.eval()
-        return cls(clip=clip, tokenizer=tokenizer, arch=arch, info={"source": str(weights)})
+        return cls(clip=clip, tokenizer=tokenizer, arch=arch, info={"source": str(weights or "random-init")})
 
 
 def shipped_base_dir() -> Path:
