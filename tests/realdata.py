@@ -63,6 +63,8 @@ def write_xm3600(root: Path, n: int = 12) -> tuple[Path, Path]:
 
 
 COCO_SPLITS = {"train": (0, 12), "val": (12, 14), "test": (14, 16)}
+COCO_SCENES = [(c, s) for s in SHAPES for c in COLORS] + [("red", "square"), ("blue", "circle"),
+                                                          ("green", "square"), ("black", "circle")]
 
 
 def coco_rel(i: int, split: str) -> str:
@@ -73,8 +75,7 @@ def coco_rel(i: int, split: str) -> str:
 def write_coco36(root: Path, langs=LANGS) -> tuple[Path, Path]:
     """``triplet/coco_vision-en-{lang}.tsv.gz`` + ``annotations/coco/translated/{lang}/{val,test}.json`` and images."""
     src, images = root / "coco36", root / "coco-images"
-    all_scenes = [(c, s) for s in SHAPES for c in COLORS] + [("red", "square"), ("blue", "circle"),
-                                                                ("green", "square"), ("black", "circle")]
+    all_scenes = COCO_SCENES
     for split, (lo, hi) in COCO_SPLITS.items():
         for i in range(lo, hi):
             draw(images / coco_rel(i, split), *all_scenes[i])
@@ -95,3 +96,26 @@ def write_coco36(root: Path, langs=LANGS) -> tuple[Path, Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(items, ensure_ascii=False, indent=1), encoding="utf-8")
     return src, images
+
+
+def write_captions_csv(path: Path, lang: str) -> Path:
+    """A bring-your-own caption file for the COCO-36 fixture images: image_id, caption, caption_en, split."""
+    import csv
+
+    all_scenes = COCO_SCENES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "caption", "caption_en", "split"])
+        for split, (lo, hi) in COCO_SPLITS.items():
+            for i in range(lo, hi):
+                caps = captions(*all_scenes[i])
+                writer.writerows([coco_rel(i, split), c, e, split] for c, e in zip(caps[lang], caps["en"]))
+    return path
+
+
+def write_demo(root: Path) -> None:
+    """Everything docs/real-data.md's demo needs under ``root``."""
+    write_coco36(root)
+    write_xm3600(root / "xm")
+    write_captions_csv(root / "ar.csv", "ar")
