@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,11 +74,14 @@ class DatasetWriter:
             raise error
         return self._ctx.__exit__(exc_type, exc, tb)
 
-    def write_images(self, table: pa.Table) -> None:
-        table = table.select(IMAGES_SCHEMA.names).cast(IMAGES_SCHEMA)
-        pq.write_table(table, self.tmp / IMAGES_FILE, row_group_size=ROW_GROUP)
-        splits = table.column("split").to_pylist()
-        self.splits = {s: splits.count(s) for s in SPLITS}
+    def write_images(self, tables: Iterable[pa.Table]) -> None:
+        """The images table, from chunks (one row group each), so that embedded bytes stream to disk."""
+        self.splits = dict.fromkeys(SPLITS, 0)
+        with pq.ParquetWriter(self.tmp / IMAGES_FILE, IMAGES_SCHEMA) as parquet:
+            for table in tables:
+                parquet.write_table(table.select(IMAGES_SCHEMA.names).cast(IMAGES_SCHEMA), row_group_size=ROW_GROUP)
+                for split in table.column("split").to_pylist():
+                    self.splits[split] += 1
 
     def write_captions(self, lang: str, table: pa.Table) -> None:
         write_captions_table(self.tmp / captions_file(lang), table)

@@ -32,6 +32,7 @@ from cll_ray.importers.common import (
     CaptionRows,
     ImportReport,
     blank,
+    split_counts,
 )
 from cll_ray.io import atomic_write_with
 from cll_ray.layout import captions_file
@@ -132,7 +133,7 @@ def add_language(
                     files={**manifest.get("files", {}), rel: sha256_file(root / rel)})
     manifest.setdefault("added_languages", {})[lang] = {"source": str(path.absolute()), "skipped": len(bad.records)}
     write_manifest(root, manifest, atomic=True)
-    report = ImportReport(out=str(root), captions={lang: rows.split_counts()}, bad=bad.records,
+    report = ImportReport(out=str(root), captions={lang: split_counts(rows.table())}, bad=bad.records,
                           seconds=time.time() - started)
     counts = defaultdict(int)
     for image_id in set(rows.cols["image_id"]):

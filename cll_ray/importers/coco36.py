@@ -190,6 +190,8 @@ def import_coco36(
                 for image_id, s, text in zip(rows.cols["image_id"], rows.cols["split"], rows.cols["caption"]):
                     if s == split:
                         english_eval[split].setdefault(image_id, []).append(text)
-        captions[lang] = rows
+        if len(rows):
+            captions[lang] = rows.table()
     return write_import(out, "coco36", {"src": str(src.absolute()), "images": str(image_root)}, image_set.split,
-                        image_root, {lang: captions[lang] for lang in languages if len(captions[lang])}, bad, embed_images, started)
+                        image_root, {lang: captions[lang] for lang in languages if lang in captions}, bad,
+                        embed_images, started)

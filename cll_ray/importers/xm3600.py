@@ -143,4 +143,5 @@ def import_xm3600(
     images_by_id = {key: (carve_split(key, carve), f"{key}.jpg") for _, key, _ in records}
     return write_import(out, "xm3600", {"captions": str(src.absolute()), "images": str(image_root),
                                         "carve": carve or {}}, images_by_id, image_root,
-                        {lang: rows for lang, rows in captions.items() if len(rows)}, bad, embed_images, started)
+                        {lang: rows.table() for lang, rows in captions.items() if len(rows)}, bad, embed_images,
+                        started)
