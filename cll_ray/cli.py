@@ -145,7 +145,7 @@ def _embed(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({"model": str(args.model), "lang": args.lang, "dim": int(vectors.shape[1]),
                           "normalized": not args.no_normalize, "texts": args.texts,
-                          "embeddings": vectors.round(6).tolist()}, ensure_ascii=False))
+                          "embeddings": vectors.astype(np.float64).round(6).tolist()}, ensure_ascii=False))
     return 0
 
 

@@ -75,7 +75,7 @@ def model_card(info: dict, row: dict | None) -> str:
         f"- vocabulary: {info['vocab_size']} tokens ({info['base_vocab_size']} in the base model), "
         f"EOS id {info['eos_id']}, context length {info['context_length']}",
         f"- base model fingerprint: `{info['base_fingerprint'][:16]}`", f"- run: `{info['run_dir']}`", "",
-        "## Use", "", "```python", "import open_clip, torch", "from tokenizers import Tokenizer", "",
+        "## Use", "", "With PATH this folder:", "", "```python", "import open_clip, torch", "from tokenizers import Tokenizer", "",
         'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH")',
         'tok = Tokenizer.from_file("PATH/tokenizer.json")',
         'ids = torch.tensor([e.ids for e in tok.encode_batch(["un chat sur un canapé"])])',
@@ -138,6 +138,7 @@ def export_model(run_dir: str | Path, out: str | Path, task: int | None = None, 
     # 2. written to a temporary folder, renamed into place once complete
     with atomic_dir(out) as tmp:
         save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / WEIGHTS_FILE).chmod(0o644)  # safetensors writes it private; the export is an ordinary folder
         config = {"model_cfg": model_config(base.arch, tokenizer.size, tokenizer.eos_id), "preprocess_cfg": preprocess}
         (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         exported_tokenizer(tokenizer, base.context_length).save(str(tmp / "tokenizer.json"))
