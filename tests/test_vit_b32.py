@@ -38,3 +38,21 @@ def test_vit_b32_one_task_end_to_end(tmp_path):
     # only the token embedding learned: the transformer is the base model's, bit for bit
     for name, tensor in learner.student.backbone_state_dict().items():
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+
+
+def test_base_model_from_a_local_open_clip_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from cll_ray.model import build_clip
+
+    reference = build_clip("cll-tinyclip", 49408, 49407)  # CLIP's vocabulary on a tiny architecture
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    torch.save(state, tmp_path / "open_clip_pytorch_model.bin")
+    save_file(state, str(tmp_path / "open_clip_model.safetensors"))
+    for name in ("open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
+        base = BaseModel.from_open_clip("cll-tinyclip", str(tmp_path / name))
+        for key, tensor in base.clip.state_dict().items():
+            torch.testing.assert_close(tensor, state[key], rtol=0, atol=0, msg=key)
+        assert base.info["source"].endswith(name) and base.tokenizer.size == 49408
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        BaseModel.from_open_clip("ViT-B-32", str(tmp_path / "missing.pt"))
