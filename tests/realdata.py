@@ -119,3 +119,23 @@ def write_demo(root: Path) -> None:
     write_coco36(root)
     write_xm3600(root / "xm")
     write_captions_csv(root / "ar.csv", "ar")
+
+
+RELOAD = """
+import json, sys
+import numpy as np
+from cll_ray.exported import ExportedModel
+np.save(sys.argv[2], ExportedModel(sys.argv[1], device="cpu").encode_text(json.loads(sys.argv[3]), normalize=False))
+"""
+
+
+def reload_embeddings(model_dir: Path, texts: list[str], scratch: Path):
+    """Raw text embeddings of an exported model, computed in a fresh Python process (open_clip + tokenizers)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    out = scratch / "reloaded.npy"
+    subprocess.run([sys.executable, "-c", RELOAD, str(model_dir), str(out), json.dumps(texts)], check=True)
+    return np.load(out)

@@ -1,14 +1,10 @@
 """On real Ray: the Ray Data feature job equals the in-process path, and import -> run -> export end to end."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import ray
 import torch
-from realdata import write_coco36
+from realdata import reload_embeddings, write_coco36
 
 from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import load_checkpoint
@@ -70,7 +66,4 @@ def test_import_run_export_reload(ray_local, coco, tmp_path, monkeypatch):
     learner.load_state_dict(state["learner"])
     with torch.no_grad():
         expected = learner.student(torch.from_numpy(learner.tokenizer.encode(PROBES, learner.context_length))).numpy()
-    script = ("import sys, json, numpy as np\nfrom cll_ray.exported import ExportedModel\n"
-              "np.save(sys.argv[2], ExportedModel(sys.argv[1]).encode_text(json.loads(sys.argv[3]), normalize=False))")
-    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "e.npy"), json.dumps(PROBES)], check=True)
-    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reload_embeddings(out, PROBES, tmp_path), expected, rtol=1e-4, atol=1e-5)
