@@ -95,7 +95,7 @@ def load_or_compute_features(
     if base_dir is not None:
         from cll_ray.inference import compute_features
 
-        store = compute_features(dataset_dir, base_dir, progress=progress)
+        store = compute_features(dataset_dir, base_dir)
     else:
         store = _compute_in_process(dataset_dir, base, progress, chunk)
     store.save(folder)

@@ -60,15 +60,17 @@ def _collect(dataset: ray.data.Dataset, key: str, order: list[str], dim: int) ->
     return out
 
 
-def compute_features(dataset_dir: str | Path, base_dir: str | Path, progress: bool = True) -> FeatureStore:
-    """The feature store of (dataset, base model in ``base_dir``), computed with Ray Data on the current cluster."""
+def compute_features(dataset_dir: str | Path, base_dir: str | Path) -> FeatureStore:
+    """The feature store of (dataset, base model in ``base_dir``), computed with Ray Data on the current cluster.
+
+    Ray Data reports its own progress (quiet under the CLI's ``RAY_DATA_DISABLE_PROGRESS_BARS=1``).
+    """
     dataset_dir, base_dir = str(Path(dataset_dir).absolute()), str(Path(base_dir).absolute())
     base = BaseModel.load(base_dir)  # for its sizes only
     gpus = int(ray.cluster_resources().get("GPU", 0))
     image_batch, text_batch = BATCH_SIZES["gpu" if gpus else "cpu"]
     actor = {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1 if gpus else 0,
              "fn_constructor_kwargs": {"base_dir": base_dir}, "batch_format": "numpy"}
-    ray.data.DataContext.get_current().enable_progress_bars = progress
 
     image_ids = ds.read_images(dataset_dir, splits=FEATURE_SPLITS, columns=("image_id",)).column("image_id").to_pylist()
     images = (

@@ -38,7 +38,7 @@ def coco(tmp_path_factory):
 def test_ray_data_features_equal_in_process(ray_local, coco, tmp_path, shipped_base):
     base_dir = shipped_base.save(tmp_path / "base")
     local = load_or_compute_features(coco, shipped_base, tmp_path / "cache", progress=False)
-    remote = compute_features(coco, base_dir, progress=False)
+    remote = compute_features(coco, base_dir)
     assert remote.image_ids == local.image_ids and remote.texts == local.texts
     assert len(remote.texts) == 24  # the distinct English sources of the train split
     np.testing.assert_allclose(remote.image_features, local.image_features, rtol=1e-4, atol=1e-5)
