@@ -22,7 +22,7 @@ PROBES = ["a blue circle", "синий круг", "un cercle bleu"]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
     yield
     ray.shutdown()
 
