@@ -21,19 +21,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from cll_ray import dataset as ds
-from cll_ray.importers.common import (
-    DUPLICATE_ID,
-    EMPTY_CAPTION,
-    MALFORMED,
-    MISSING_ENGLISH,
-    MISSING_IMAGE,
-    UNKNOWN_LANGUAGE,
-    BadRecords,
-    CaptionRows,
-    ImportReport,
-    blank,
-    split_counts,
-)
+from cll_ray.importers.common import BadRecords, CaptionRows, ImportReport, Kind, blank, split_counts
 from cll_ray.io import atomic_write_with
 from cll_ray.layout import captions_file
 from cll_ray.writer import sha256_file, write_captions_table, write_manifest
@@ -100,22 +88,22 @@ def add_language(
         image_id, text = image_ids[r], texts[r]
         key = (image_id, indices[r] if indices else text)
         if langs[r] != lang:
-            bad.add(UNKNOWN_LANGUAGE, path, where, f"lang {langs[r]!r}; this file adds {lang!r}", unit)
+            bad.add(Kind.UNKNOWN_LANGUAGE, path, where, f"lang {langs[r]!r}; this file adds {lang!r}", unit)
         elif image_id not in image_split:
-            bad.add(MISSING_IMAGE, path, where, f"image_id {image_id!r} is not in {root / 'images.parquet'}", unit)
+            bad.add(Kind.MISSING_IMAGE, path, where, f"image_id {image_id!r} is not in {root / 'images.parquet'}", unit)
         elif blank(text):
-            bad.add(EMPTY_CAPTION, path, where, f"image_id {image_id!r}: caption is {text!r}", unit)
+            bad.add(Kind.EMPTY_CAPTION, path, where, f"image_id {image_id!r}: caption is {text!r}", unit)
         elif key in seen:
-            bad.add(DUPLICATE_ID, path, where, f"image_id {image_id!r} caption already at {unit} {seen[key]}", unit)
+            bad.add(Kind.DUPLICATE_ID, path, where, f"image_id {image_id!r} caption already at {unit} {seen[key]}", unit)
         elif splits[r] not in (None, "", image_split[image_id]):
-            bad.add(MALFORMED, path, where, f"split {splits[r]!r}, but image {image_id!r} is in "
+            bad.add(Kind.MALFORMED, path, where, f"split {splits[r]!r}, but image {image_id!r} is in "
                     f"{image_split[image_id]}", unit)
         else:
             split, source = image_split[image_id], english[r]
             if blank(source) and lang != "en" and split == "train":
                 options = sources.get(image_id)
                 if not options:
-                    bad.add(MISSING_ENGLISH, path, where, f"train caption of {image_id!r} has no English source "
+                    bad.add(Kind.MISSING_ENGLISH, path, where, f"train caption of {image_id!r} has no English source "
                             "and the dataset has no English caption of that image", unit)
                     continue
                 source = options[rows.count(image_id) % len(options)]

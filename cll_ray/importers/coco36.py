@@ -22,18 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cll_ray.importers.common import (
-    DUPLICATE_ID,
-    EMPTY_CAPTION,
-    MALFORMED,
-    MISSING_IMAGE,
-    UNKNOWN_LANGUAGE,
-    BadRecords,
-    CaptionRows,
-    ImportReport,
-    blank,
-    write_import,
-)
+from cll_ray.importers.common import BadRecords, CaptionRows, ImportReport, Kind, blank, write_import
 from cll_ray.layout import XM3600_LANGUAGES
 
 TRIPLET_DIRS = ("triplet", "corpus/multilingual_coco/36langs/triplet")
@@ -92,11 +81,11 @@ class _Images:
         if rel not in self.exists:
             self.exists[rel] = (self.root / rel).is_file()
             if not self.exists[rel]:
-                self.bad.add(MISSING_IMAGE, file, line, f"{self.root / rel} not found")
+                self.bad.add(Kind.MISSING_IMAGE, file, line, f"{self.root / rel} not found")
             self.first[rel] = f"{file}:{line}"
             self.split[rel] = (split, rel)
         elif self.split[rel][0] != split:
-            self.bad.add(DUPLICATE_ID, file, line, f"image {rel!r} is in {split} here but in "
+            self.bad.add(Kind.DUPLICATE_ID, file, line, f"image {rel!r} is in {split} here but in "
                          f"{self.split[rel][0]} at {self.first[rel]}")
             return False
         return self.exists[rel]
@@ -110,16 +99,16 @@ def _read_triplets(path: Path, lang: str, images: _Images, bad: BadRecords, engl
         for line_no, line in enumerate(tqdm(f, desc=f"COCO-36 train {lang}", unit="line", disable=not progress), 1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 3:
-                bad.add(MALFORMED, path, line_no, f"{len(fields)} tab-separated fields; expected 3")
+                bad.add(Kind.MALFORMED, path, line_no, f"{len(fields)} tab-separated fields; expected 3")
                 continue
             rel, english, target = fields
             text = english if english_side else target
             if blank(english) or blank(text):
                 which = "english" if blank(english) else "target"
-                bad.add(EMPTY_CAPTION, path, line_no, f"image {rel!r}: {which} caption is {text!r}")
+                bad.add(Kind.EMPTY_CAPTION, path, line_no, f"image {rel!r}: {which} caption is {text!r}")
                 continue
             if (rel, english) in seen:
-                bad.add(DUPLICATE_ID, path, line_no, f"(image {rel!r}, English source) already at line "
+                bad.add(Kind.DUPLICATE_ID, path, line_no, f"(image {rel!r}, English source) already at line "
                         f"{seen[rel, english]}")
                 continue
             seen[rel, english] = line_no
@@ -135,11 +124,11 @@ def _read_eval(path: Path, lang: str, split: str, images: _Images, bad: BadRecor
     for line, item in json_items(path):
         rel = item.get("image") if isinstance(item, dict) else None
         if not isinstance(rel, str) or not isinstance(item.get("caption"), list):
-            bad.add(MALFORMED, path, line, "expected an object with 'image' (str) and 'caption' (list)")
+            bad.add(Kind.MALFORMED, path, line, "expected an object with 'image' (str) and 'caption' (list)")
             continue
         key = str(item.get("image_id", rel))
         if key in seen:
-            bad.add(DUPLICATE_ID, path, line, f"image_id {key} already at line {seen[key]}")
+            bad.add(Kind.DUPLICATE_ID, path, line, f"image_id {key} already at line {seen[key]}")
             continue
         seen[key] = line
         if not images.ok(rel, split, path, line):
@@ -147,7 +136,7 @@ def _read_eval(path: Path, lang: str, split: str, images: _Images, bad: BadRecor
         sources = (english or {}).get(rel) or []
         for i, text in enumerate(item["caption"]):
             if blank(text):
-                bad.add(EMPTY_CAPTION, path, line, f"image {rel!r}: caption[{i}] is {text!r}")
+                bad.add(Kind.EMPTY_CAPTION, path, line, f"image {rel!r}: caption[{i}] is {text!r}")
                 continue
             n = rows.count(rel)
             rows.add(rel, split, text, sources[n % len(sources)] if sources else None)
@@ -168,7 +157,7 @@ def import_coco36(
     for lang in sorted(set(triplets) | set(evals)):
         if lang not in XM3600_LANGUAGES:
             where = triplets.get(lang) or next(iter(evals[lang].values())).parent
-            bad.add(UNKNOWN_LANGUAGE, where, 0, f"{lang!r} is not one of the 36 COCO-36 languages", unit="file")
+            bad.add(Kind.UNKNOWN_LANGUAGE, where, 0, f"{lang!r} is not one of the 36 COCO-36 languages", unit="file")
     available = [lang for lang in XM3600_LANGUAGES if lang in triplets or lang in evals or (lang == "en" and triplets)]
     languages = available if langs is None else list(langs)
     missing = sorted(set(languages) - set(available))

@@ -20,12 +20,18 @@ from cll_ray.layout import CAPTIONS_SCHEMA, IMAGES_SCHEMA, SPLITS
 from cll_ray.writer import ROW_GROUP, DatasetWriter
 
 IMPORTER_VERSION = "1.0.0"
-MISSING_IMAGE = "missing image"
-EMPTY_CAPTION = "empty caption"
-UNKNOWN_LANGUAGE = "unknown language"
-DUPLICATE_ID = "duplicate id"
-MALFORMED = "malformed record"
-MISSING_ENGLISH = "missing English source"
+
+
+class Kind:
+    """The kinds of bad record, as reported and counted."""
+
+    MISSING_IMAGE = "missing image"
+    EMPTY_CAPTION = "empty caption"
+    UNKNOWN_LANGUAGE = "unknown language"
+    DUPLICATE_ID = "duplicate id"
+    MALFORMED = "malformed record"
+    MISSING_ENGLISH = "missing English source"
+
 SHOWN = 20  # bad records printed in a report or an error; all are counted
 
 

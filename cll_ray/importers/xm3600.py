@@ -21,18 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cll_ray.importers.common import (
-    DUPLICATE_ID,
-    EMPTY_CAPTION,
-    MALFORMED,
-    MISSING_IMAGE,
-    UNKNOWN_LANGUAGE,
-    BadRecords,
-    CaptionRows,
-    ImportReport,
-    blank,
-    write_import,
-)
+from cll_ray.importers.common import BadRecords, CaptionRows, ImportReport, Kind, blank, write_import
 from cll_ray.layout import XM3600_LANGUAGES
 
 
@@ -101,14 +90,14 @@ def import_xm3600(
                 record = json.loads(line)
                 key = record["image/key"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                bad.add(MALFORMED, src, line_no, f"not a JSON object with 'image/key' ({e})")
+                bad.add(Kind.MALFORMED, src, line_no, f"not a JSON object with 'image/key' ({e})")
                 continue
             if key in seen:
-                bad.add(DUPLICATE_ID, src, line_no, f"image/key {key!r} already at line {seen[key]}")
+                bad.add(Kind.DUPLICATE_ID, src, line_no, f"image/key {key!r} already at line {seen[key]}")
                 continue
             seen[key] = line_no
             if not (image_root / f"{key}.jpg").is_file():
-                bad.add(MISSING_IMAGE, src, line_no, f"{image_root / f'{key}.jpg'} not found")
+                bad.add(Kind.MISSING_IMAGE, src, line_no, f"{image_root / f'{key}.jpg'} not found")
                 continue
             records.append((line_no, key, record))
 
@@ -117,7 +106,7 @@ def import_xm3600(
     for lang in sorted(present - set(XM3600_LANGUAGES)):  # report each record's unknown language
         for line_no, key, record in records:
             if lang in record:
-                bad.add(UNKNOWN_LANGUAGE, src, line_no, f"image/key {key!r}: {lang!r} is not an XM3600 language")
+                bad.add(Kind.UNKNOWN_LANGUAGE, src, line_no, f"image/key {key!r}: {lang!r} is not an XM3600 language")
     languages = [lang for lang in XM3600_LANGUAGES if lang in present and (wanted is None or lang in wanted)]
     if wanted and wanted - present:
         raise ValueError(f"{src}: no captions in {sorted(wanted - present)}")
@@ -129,13 +118,13 @@ def import_xm3600(
             if texts is None:
                 continue
             if not isinstance(texts, list):
-                bad.add(MALFORMED, src, line_no, f"{lang}.caption is not a list")
+                bad.add(Kind.MALFORMED, src, line_no, f"{lang}.caption is not a list")
                 continue
             split = carve_split(key, carve)
             english = [t for t in (record.get("en") or {}).get("caption", []) if not blank(t)]
             for i, text in enumerate(texts):
                 if blank(text):
-                    bad.add(EMPTY_CAPTION, src, line_no, f"image/key {key!r}: {lang}.caption[{i}] is {text!r}")
+                    bad.add(Kind.EMPTY_CAPTION, src, line_no, f"image/key {key!r}: {lang}.caption[{i}] is {text!r}")
                     continue
                 # a carved train caption needs an English source: the same image's English caption
                 source = english[rows.count(key) % len(english)] if split == "train" and english else None
