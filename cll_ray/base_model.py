@@ -71,8 +71,9 @@ class BaseModel:
     def encode_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Unnormalized image embeddings from the frozen image tower: (N, E) float32."""
         self.clip.eval()
-        out = [self.clip.encode_image(self.preprocess(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-        return torch.cat(out).float().numpy() if out else np.zeros((0, self.embed_dim), np.float32)
+        out = [self.clip.encode_image(self.preprocess(images[i : i + batch_size]).to(self.device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
@@ -81,8 +82,12 @@ class BaseModel:
         out = []
         for i in range(0, len(texts), batch_size):
             ids = torch.from_numpy(self.tokenizer.encode(texts[i : i + batch_size], self.context_length))
-            out.append(self.clip.encode_text(ids))
-        return torch.cat(out).float().numpy() if out else np.zeros((0, self.embed_dim), np.float32)
+            out.append(self.clip.encode_text(ids.to(self.device)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
 
     @property
     def embed_dim(self) -> int:
@@ -115,14 +120,17 @@ class BaseModel:
         return cls(clip=clip, tokenizer=tokenizer, arch=arch, info=info)
 
     @classmethod
-    def from_open_clip(cls, arch: str, weights: str) -> BaseModel:
-        """A real CLIP (e.g. ViT-B-16) from a local weights file, with CLIP's own BPE vocabulary."""
-        if not Path(weights).exists():
+    def from_open_clip(cls, arch: str, weights: str | None) -> BaseModel:
+        """A real CLIP (e.g. ViT-B-16) from a local weights file, with CLIP's own BPE vocabulary.
+
+        ``weights=None`` gives the architecture randomly initialised: for tests of the real model path only.
+        """
+        if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: pretrained weights file not found (nothing is downloaded)")
         tokenizer = ClipBPE.from_clip_bpe_file()
         clip = build_clip(arch, tokenizer.size, tokenizer.eos_id, pretrained=weights)
         clip.eval()
-        return cls(clip=clip, tokenizer=tokenizer, arch=arch, info={"source": str(weights)})
+        return cls(clip=clip, tokenizer=tokenizer, arch=arch, info={"source": str(weights or "random-init")})
 
 
 def shipped_base_dir() -> Path:

@@ -17,6 +17,12 @@ from cll_ray.config import ExperimentConfig
 from cll_ray.io import atomic_path
 
 FORMAT = "cll-ray-checkpoint/1"
+CHECKPOINT_FILE = "learner.pt"  # in each task's checkpoint folder
+
+
+def task_checkpoint_name(index: int, lang: str) -> str:
+    """The folder of task ``index`` (0-based) in ``<run>/<method>/checkpoints/``, e.g. ``task01-fr``."""
+    return f"task{index:02d}-{lang}"
 
 
 def save_checkpoint(path: str | Path, cfg: ExperimentConfig, learner_state: dict, base_fingerprint: str,

@@ -132,6 +132,134 @@ def _report(args: argparse.Namespace) -> int:
     return report_main(args.run_dirs + (["--out", args.out] if args.out else []))
 
 
+def _data_import(args: argparse.Namespace) -> int:
+    from cll_ray.importers import import_coco36, import_xm3600, parse_carve
+
+    langs = args.langs.split(",") if args.langs else None
+    common = {"langs": langs, "skip_bad": args.skip_bad, "embed_images": args.embed_images, "progress": True}
+    if args.source == "xm3600":
+        report = import_xm3600(args.src, args.images, args.out, carve=parse_carve(args.carve), **common)
+    else:
+        if args.carve:
+            raise ValueError("--carve is for xm3600 only: COCO-36 comes with its train/val/test splits")
+        report = import_coco36(args.src, args.images, args.out, **common)
+    print(report.format())
+    return 0
+
+
+def _data_add_language(args: argparse.Namespace) -> int:
+    from cll_ray.importers import add_language
+
+    report = add_language(args.dataset, args.lang, args.captions, skip_bad=args.skip_bad, overwrite=args.overwrite)
+    print(report.format())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cll_ray.export import export_model
+
+    info = export_model(args.run_dir, args.out, task=args.task, method=args.method)
+    print(f"exported {info['method']} after task {info['task']} ({info['lang']}) to {args.out}: "
+          f"{len(info['languages'])} languages ({', '.join(info['languages'])}), vocabulary {info['vocab_size']}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from cll_ray.exported import ExportedModel
+
+    model = ExportedModel(args.model, device=args.device)
+    model.check_language(args.lang)
+    vectors = model.encode_text(args.texts, normalize=not args.no_normalize)
+    if args.format == "npy":
+        if not args.out:
+            raise ValueError("--format npy needs --out FILE.npy")
+        np.save(args.out, vectors)
+        print(f"{args.out}: {vectors.shape[0]} x {vectors.shape[1]} float32")
+    else:
+        print(json.dumps({"model": str(args.model), "lang": args.lang, "dim": int(vectors.shape[1]),
+                          "normalized": not args.no_normalize, "texts": args.texts,
+                          "embeddings": vectors.astype(np.float64).round(6).tolist()}, ensure_ascii=False))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import json
+
+    from cll_ray.exported import ExportedModel
+
+    model = ExportedModel(args.model, device=args.device)
+    model.check_language(args.lang)
+    ranked = model.search(args.queries, args.images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([{"query": q, "results": [{"path": p, "score": round(s, 6)} for p, s in hits]}
+                          for q, hits in zip(args.queries, ranked)], ensure_ascii=False))
+        return 0
+    for query, hits in zip(args.queries, ranked):
+        print(query)
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"  {rank:>3}. {score:.4f}  {path}")
+    return 0
+
+
+def _add_model_commands(sub) -> None:
+    """export / embed / search: a run's model out, and using it."""
+    exp = sub.add_parser("export", help="export a run's model after task N as an open_clip-loadable folder")
+    exp.add_argument("run_dir")
+    exp.add_argument("--task", type=int, help="1-based task number (default: the last checkpointed task)")
+    exp.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    exp.add_argument("--method", help="which method of the run (needed when it has several)")
+    exp.set_defaults(func=_export)
+
+    emb = sub.add_parser("embed", help="print text embeddings from an exported model")
+    emb.add_argument("texts", nargs="+")
+    emb.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
+    emb.add_argument("--lang", help="the texts' language; an error if the model has not learned it")
+    emb.add_argument("--format", choices=("json", "npy"), default="json")
+    emb.add_argument("--out", help="with --format npy: the .npy file to write")
+    emb.add_argument("--no-normalize", action="store_true", help="raw embeddings instead of L2-normalized")
+    emb.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    emb.set_defaults(func=_embed)
+
+    sea = sub.add_parser("search", help="rank a folder of images by a text query in any learned language")
+    sea.add_argument("queries", nargs="+")
+    sea.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
+    sea.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    sea.add_argument("--top-k", type=int, default=5)
+    sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it")
+    sea.add_argument("--json", action="store_true", help="print JSON instead of a ranked list")
+    sea.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    sea.set_defaults(func=_search)
+
+
+def _add_import_commands(data_sub) -> None:
+    """data import / data add-language: real data into the canonical layout."""
+    imp = data_sub.add_parser("import", help="import XM3600 or COCO-36 into the canonical layout")
+    imp.add_argument("source", choices=("xm3600", "coco36"))
+    imp.add_argument("--src", required=True,
+                     help="xm3600: captions.jsonl; coco36: the folder with triplet/ and annotations/")
+    imp.add_argument("--images", required=True, help="the image folder (xm3600: <key>.jpg; coco36: the COCO root)")
+    imp.add_argument("--out", required=True, help="dataset folder to write (atomically)")
+    imp.add_argument("--langs", help="comma-separated languages (default: all in the source)")
+    imp.add_argument("--skip-bad", action="store_true", help="leave bad records out (reported) instead of stopping")
+    imp.add_argument("--embed-images", action="store_true",
+                     help="store image bytes in images.parquet (self-contained) instead of linking the folder")
+    imp.add_argument("--carve", help="xm3600 only: train/val fractions for experiments, e.g. train=0.8,val=0.1 "
+                     "(default: everything is test, as in the benchmark)")
+    imp.set_defaults(func=_data_import)
+
+    add = data_sub.add_parser("add-language", help="add your own language's captions to a dataset")
+    add.add_argument("dataset")
+    add.add_argument("--lang", required=True, help="language code, e.g. sw")
+    add.add_argument("--captions", required=True, help="CSV, TSV, JSONL or Parquet: image_id, caption[, caption_en, split]")
+    add.add_argument("--skip-bad", action="store_true", help="leave bad rows out (reported) instead of stopping")
+    add.add_argument("--overwrite", action="store_true", help="replace the language if the dataset has it")
+    add.set_defaults(func=_data_add_language)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cll-ray", description="Continual language learning for CLIP.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--langs", help="comma-separated language codes (default: all 36)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset of another config")
     synth.set_defaults(func=_synth)
+    _add_import_commands(data_sub)
 
     pre = sub.add_parser("pretrain", help="train (or load from cache) the English base model on SynthXM")
     pre.add_argument("--size", default="default", help="SynthXM size whose pretraining split is used")
@@ -183,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+")
     rep.add_argument("--out", help="output folder (default: the first run directory)")
     rep.set_defaults(func=_report)
+    _add_model_commands(sub)
     return parser
 
 

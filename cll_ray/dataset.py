@@ -98,6 +98,11 @@ def _check_language(lang, known: list[str] | None, source: Path) -> None:
     )
 
 
+def check_language_code(lang, source) -> None:
+    """Raise a DataError unless ``lang`` is an XM3600 code or shaped like a language code (``[a-z]{2,3}``)."""
+    _check_language(lang, None, Path(source))
+
+
 def _check_split_names(splits: Iterable[str], source: Path) -> tuple[str, ...]:
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     bad = [s for s in splits if s not in layout.SPLITS]

@@ -23,13 +23,13 @@ from ray.train.torch import TorchTrainer
 
 from cll_ray import dataset as ds
 from cll_ray.base_model import BaseModel
-from cll_ray.checkpoint import load_checkpoint
+from cll_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from cll_ray.config import ExperimentConfig, load_yaml, save_config
 from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
-from cll_ray.worker import CHECKPOINT_FILE, single_sequence, train_loop_per_worker
+from cll_ray.worker import single_sequence, train_loop_per_worker
 
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
@@ -65,8 +65,11 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
     return first
 
 
-def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Dataset, base model and features, validated and copied into the run directory (workers read them there)."""
+def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, num_cpus: int | None = None) -> dict:
+    """Dataset, base model and features, validated and copied into the run directory (workers read them there).
+
+    Features missing from the cache are computed by a Ray Data batch-inference job (``cll_ray.inference``).
+    """
     dataset = resolve_dataset(cfg, progress=progress)
     for lang in cfg.run.languages:  # validated before anything is written or Ray starts
         ds.read_captions(dataset, lang, splits=("train", "val", "test"), require_english=False)
@@ -77,7 +80,8 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) 
         base.save(base_dir)
     base = BaseModel.load(base_dir)
     if not (features_dir / "keys.json").exists():
-        load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress).save(features_dir)
+        ensure_ray(num_cpus)
+        load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress, base_dir=base_dir).save(features_dir)
     return {"dataset_dir": str(dataset), "base_dir": str(base_dir), "features_dir": str(features_dir), "base": base}
 
 
@@ -169,7 +173,7 @@ def run_experiment(
     run_dir = Path(run_dir).resolve()
     cfg = _check_compatible(cfgs)
     # 1. inputs once, on the driver; bad input fails here, before anything is written
-    inputs = prepare_inputs(cfg, run_dir, progress=progress)
+    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus)
     # 2. the resolved configs, so that a crashed run can be resumed from its directory
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")

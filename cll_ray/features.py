@@ -81,14 +81,30 @@ def features_key(dataset_dir: str | Path, base: BaseModel) -> str:
 
 
 def load_or_compute_features(
-    dataset_dir: str | Path, base: BaseModel, cache_root: str | Path, progress: bool = True, chunk: int = 2048
+    dataset_dir: str | Path, base: BaseModel, cache_root: str | Path, progress: bool = True, chunk: int = 2048,
+    base_dir: str | Path | None = None,
 ) -> FeatureStore:
-    """The cached features for (dataset, base model), computing them first if needed."""
-    from tqdm.auto import tqdm
+    """The cached features for (dataset, base model), computing them first if needed.
 
+    With ``base_dir`` (where ``base`` is saved) they are computed by the Ray Data job of ``cll_ray.inference``
+    on the current Ray cluster (GPUs when it has them); without, in this process.
+    """
     folder = Path(cache_root) / "features" / features_key(dataset_dir, base)
     if (folder / "keys.json").exists():
         return FeatureStore.load(folder)
+    if base_dir is not None:
+        from cll_ray.inference import compute_features
+
+        store = compute_features(dataset_dir, base_dir)
+    else:
+        store = _compute_in_process(dataset_dir, base, progress, chunk)
+    store.save(folder)
+    return store
+
+
+def _compute_in_process(dataset_dir: str | Path, base: BaseModel, progress: bool, chunk: int) -> FeatureStore:
+    from tqdm.auto import tqdm
+
     images = ds.read_images(dataset_dir, splits=FEATURE_SPLITS)
     image_ids = images.column("image_id").to_pylist()
     parts = []
@@ -101,11 +117,9 @@ def load_or_compute_features(
         for s in tqdm(range(0, len(texts), chunk), desc="teacher text features", disable=not progress)
     ]
     dim = base.embed_dim
-    store = FeatureStore(
+    return FeatureStore(
         image_ids=image_ids,
         image_features=np.concatenate(parts) if parts else np.zeros((0, dim), np.float32),
         texts=texts,
         text_features=np.concatenate(text_parts) if text_parts else np.zeros((0, dim), np.float32),
     )
-    store.save(folder)
-    return store

@@ -26,16 +26,24 @@ def register_model_configs() -> None:
         _REGISTERED = True
 
 
-def build_clip(arch: str, vocab_size: int, eos_id: int, pretrained: str | None = None) -> open_clip.CLIP:
-    """An open_clip CLIP of architecture ``arch`` with a text vocabulary of ``vocab_size`` tokens.
+def model_config(arch: str, vocab_size: int, eos_id: int) -> dict:
+    """open_clip's config of ``arch`` with a text vocabulary of ``vocab_size`` tokens pooled at the first EOS.
 
-    ``pretrained`` is a local weights file; nothing is ever downloaded.
+    open_clip's default ``argmax`` pooling assumes EOS is the largest id, false once the vocabulary grows (§1.3).
     """
     register_model_configs()
     cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise ValueError(f"unknown open_clip architecture '{arch}'")
-    text_cfg = dict(cfg["text_cfg"], vocab_size=vocab_size, eos_id=eos_id, pool_type="eos")
+    return dict(cfg, text_cfg=dict(cfg["text_cfg"], vocab_size=vocab_size, eos_id=eos_id, pool_type="eos"))
+
+
+def build_clip(arch: str, vocab_size: int, eos_id: int, pretrained: str | None = None) -> open_clip.CLIP:
+    """An open_clip CLIP of architecture ``arch`` with a text vocabulary of ``vocab_size`` tokens.
+
+    ``pretrained`` is a local weights file; nothing is ever downloaded.
+    """
+    text_cfg = model_config(arch, vocab_size, eos_id)["text_cfg"]
     if pretrained:
         model = open_clip.create_model(arch, pretrained=pretrained, text_cfg=text_cfg, require_pretrained=True)
     else:

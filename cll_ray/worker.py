@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from cll_ray.base_model import BaseModel
-from cll_ray.checkpoint import load_checkpoint, save_checkpoint
+from cll_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, task_checkpoint_name
 from cll_ray.config import ExperimentConfig
 from cll_ray.continual import ContinualLearner
 from cll_ray.data import collect_train_set
@@ -27,7 +27,6 @@ from cll_ray.features import FeatureStore
 from cll_ray.sequence import run_tasks, zero_shot_scores
 from cll_ray.tokenization import ClipBPE, GrowthStats
 
-CHECKPOINT_FILE = "learner.pt"
 REPORTED_METRICS = ("t2i_r1", "i2t_r1")  # AA and F of these go into every report
 
 
@@ -147,7 +146,7 @@ def train_loop_per_worker(config: dict) -> dict:
                   f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
                   f"({result['seconds']:.0f}s)", flush=True)
             # the run directory keeps every task's checkpoint; Ray Train also persists it to run.storage_path
-            name = f"{seq['key'] + '-' if seq['key'] else ''}task{record['index']:02d}-{record['lang']}"
+            name = f"{seq['key'] + '-' if seq['key'] else ''}{task_checkpoint_name(record['index'], record['lang'])}"
             folder = Path(config["checkpoint_dir"]) / name
             for other, other_seq, other_zero in zip(learners, sequences, zero_shots):
                 if other is learner or other.tasks:  # every sequence so far: a checkpoint is self-contained

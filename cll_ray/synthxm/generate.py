@@ -31,6 +31,7 @@ from ..layout import (
     XM3600_LANGUAGES,
     captions_file,
 )
+from ..writer import sha256_file, write_manifest
 from .captions import load_lexicon, scene_parts, template_order
 from .render import render_chunk
 from .scenes import sample_split, scene_json
@@ -118,14 +119,6 @@ def _captions_table(lang: str, plan: list[tuple]) -> pa.Table:
         "caption_en": [p[5] for p in plan],
     }
     return pa.Table.from_pydict(cols, schema=CAPTIONS_SCHEMA)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _config(size: SynthXMSize, languages: list[str], seed: int, image_size: int) -> dict:
@@ -256,7 +249,7 @@ def _build(
         pool.close()
         pool.join()
     for rel in [IMAGES_FILE] + [captions_file(lang) for lang in languages]:
-        files[rel] = _sha256(tmp / rel)
+        files[rel] = sha256_file(tmp / rel)
     manifest = {
         **cfg,
         "splits": {split: len(scenes[split]) for split in SPLITS},
@@ -265,9 +258,7 @@ def _build(
         "scripts": {lang: load_lexicon(lang).script for lang in languages},
         "files": files,
     }
-    with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True, ensure_ascii=False)
-        f.write("\n")
+    write_manifest(tmp, manifest)
     return manifest
 
 

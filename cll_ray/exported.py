@@ -1,0 +1,75 @@
+"""Use an exported model (``cll_ray.export``): text embeddings in any learned language, and image search.
+
+Everything goes through open_clip and `tokenizers` only, exactly as a user without cll-ray would load the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+from tokenizers import Tokenizer
+
+from cll_ray.export import EXPORT_INFO
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+class ExportedModel:
+    def __init__(self, directory: str | Path, device: str | None = None):
+        self.directory = Path(directory)
+        info_path = self.directory / EXPORT_INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{info_path}: missing; not a model folder written by `cll-ray export`")
+        self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{self.directory}")
+        self.model.to(self.device).eval()
+        self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.info["languages"])
+
+    def check_language(self, lang: str | None) -> None:
+        if lang is not None and lang not in self.languages:
+            raise ValueError(f"{self.directory}: language {lang!r} was not learned; this model knows "
+                             f"{', '.join(self.languages)}")
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)  # (N, L)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256) -> np.ndarray:
+        """(N, E) float32 text embeddings (L2-normalized unless ``normalize=False``)."""
+        out = [self.model.encode_text(self.tokenize(texts[i : i + batch_size]).to(self.device), normalize=normalize)
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out).float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_images(self, paths: list[Path], normalize: bool = True, batch_size: int = 64) -> np.ndarray:
+        """(N, E) float32 image embeddings through the exported image tower."""
+        out = []
+        for i in range(0, len(paths), batch_size):
+            pixels = []
+            for path in paths[i : i + batch_size]:
+                with Image.open(path) as img:
+                    pixels.append(self.preprocess(img.convert("RGB")))
+            out.append(self.model.encode_image(torch.stack(pixels).to(self.device), normalize=normalize))
+        return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+    def search(self, queries: list[str], folder: str | Path, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each query, the ``top_k`` images of ``folder`` (recursively) by cosine similarity, best first."""
+        paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not paths:
+            raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        scores = self.encode_text(queries) @ self.encode_images(paths).T  # (Q, N)
+        ranked = []
+        for row in scores:
+            best = np.argsort(-row, kind="stable")[:top_k]
+            ranked.append([(str(paths[j]), float(row[j])) for j in best])
+        return ranked
