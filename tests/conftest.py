@@ -35,3 +35,14 @@ def tiny_features(tiny_synthxm, shipped_base, tmp_path_factory):
     from cll_ray.features import load_or_compute_features
 
     return load_or_compute_features(tiny_synthxm, shipped_base, tmp_path_factory.mktemp("cache"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module: on two shared cores it is several times faster than two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

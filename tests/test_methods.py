@@ -16,6 +16,9 @@ from cll_ray.model import TextStudent
 BASES = ["finetune_all", "oewc", "er", "der", "lwf", "lora", "mla_adapter", "mla"]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 def method(name, *overrides):
     return build_method(load_config(method=name, overrides=list(overrides)).method)
 
