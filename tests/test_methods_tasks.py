@@ -167,7 +167,7 @@ def test_er_teir_task_tokens_include_memory_captions(shipped_base, tiny_features
     assert all("replay" in s for s in terms)
 
 
-def test_joint_trains_one_task_over_one_vocabulary(shipped_base, tiny_features, tiny_synthxm):
+def test_joint_trains_one_task_over_one_vocabulary(shipped_base, tiny_features, tiny_synthxm, tmp_path):
     langs = ["en", "fr", "ru"]
     learner = learner_for("joint", shipped_base, tiny_features, tiny_synthxm, f"run.languages=[{','.join(langs)}]")
     base_size = learner.tokenizer.size
@@ -188,6 +188,19 @@ def test_joint_trains_one_task_over_one_vocabulary(shipped_base, tiny_features, 
 
     assert accuracy_matrix([result], "t2i_r1").shape == (1, 3)
     assert "| joint | 1 |" in final_table({"joint": [result]})
+    # the run's outputs: TensorBoard (with the matrix image) and the report take the single joint row
+    from cll_ray.config import save_config
+    from cll_ray.report import build_report
+    from cll_ray.sequence import write_jsonl
+    from cll_ray.tracking import Tracker
+
+    tracker = Tracker(tmp_path / "tb")
+    tracker.log_task(result)
+    tracker.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    save_config(learner.cfg, tmp_path / "run" / "joint" / "config.yaml")
+    write_jsonl(tmp_path / "run" / "joint" / "results.jsonl", [result])
+    assert "joint" in build_report([tmp_path / "run"]).read_text()
 
 
 @pytest.mark.parametrize("name", sorted(method_presets()))
