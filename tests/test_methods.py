@@ -71,15 +71,24 @@ def test_teir_ablation_presets():
     assert p["joint"]["kind"] == "joint" and p["joint"]["init"] == "normal"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("method.kind=nope", "unknown method.kind 'nope'"), ("method.memory_size=0", "memory_size must be > 0"),
-    ("method.mla_embedding_init=mbert", "mla_embedding_init"), ("method.ewc_lambda=-1", "ewc_lambda"),
+@pytest.mark.parametrize("preset, override, message", [
+    ("cll_clip", "method.kind=nope", "unknown method.kind 'nope'"), ("er", "method.memory_size=0", "memory_size"),
+    ("mla", "method.mla_embedding_init=mbert", "mla_embedding_init"), ("oewc", "method.ewc_lambda=-1", "ewc_lambda"),
+    ("mla", "method.mla_le_epochs=0", "not both 0"), ("joint", "method.joint_vocab_size=-1", "joint_vocab_size"),
+    ("lwf", "method.lwf_weight=-1", "lwf_weight"),
 ])
-def test_bad_method_config_is_a_clear_error(override, message):
-    name = {"memory_size": "er", "mla_embedding_init": "mla", "ewc_lambda": "oewc"}
-    preset = next((v for k, v in name.items() if k in override), "cll_clip")
+def test_bad_method_config_is_a_clear_error(preset, override, message):
+    overrides = [override] + (["method.mla_nlt_epochs=0"] if "mla_le_epochs" in override else [])
     with pytest.raises(ValueError, match=message):
-        method(preset, override)
+        method(preset, *overrides)
+
+
+@pytest.mark.parametrize("preset, override, message", [
+    ("lora", "method.lora_rank=0", "lora_rank"), ("mla_adapter", "method.adapter_width=-2", "adapter_width"),
+])
+def test_bad_module_sizes_fail_when_the_student_is_built(preset, override, message, student):
+    with pytest.raises(ValueError, match=message):
+        attached(preset, student, override)
 
 
 # ---- ER / DER ------------------------------------------------------------------------------------------------

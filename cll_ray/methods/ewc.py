@@ -53,7 +53,7 @@ class OnlineEWC(CLLCLIP):
         return {} if penalty is None else {"ewc": self.cfg.ewc_lambda * penalty}
 
     def after_training(self, module, batches, train) -> None:
-        from cll_ray.engine import autocast
+        from cll_ray.engine import autocast  # lazily: the engine imports the methods
 
         core = getattr(module, "module", module)
         params = self._trainable(core.student)

@@ -13,5 +13,11 @@ from cll_ray.methods.cll_clip import CLLCLIP
 
 
 class Joint(CLLCLIP):
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if cfg.joint_vocab_size < 0:
+            raise ValueError(f"method.joint_vocab_size must be >= 0 (0 = per-language size × languages), "
+                             f"got {cfg.joint_vocab_size}")
+
     def tasks(self, order: list[str]) -> list[TaskSpec]:
         return [TaskSpec("joint", tuple(order))]

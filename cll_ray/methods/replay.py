@@ -92,7 +92,7 @@ class ExperienceReplay(CLLCLIP):
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        self.memory = ReservoirMemory(cfg.memory_size, seed=cfg.memory_size)
+        self.memory = ReservoirMemory(cfg.memory_size, seed=0)  # one fixed stream: identical on every rank
         self.replay: dict[str, torch.Tensor] = {}  # the memory as it was when the task started
         self.lang = ""
         self.sampler: torch.Generator | None = None
@@ -125,7 +125,7 @@ class ExperienceReplay(CLLCLIP):
         pick = (torch.randperm(available, generator=self.sampler)[:size] if available >= size
                 else torch.randint(0, available, (size,), generator=self.sampler))
         memory = {k: v[pick].to(batch["ids"].device) for k, v in self.replay.items()}
-        from cll_ray.engine import trim_padding
+        from cll_ray.engine import trim_padding  # lazily: the engine imports the methods
 
         width = max(batch["ids"].shape[1], memory["ids"].shape[1])
         ids = torch.cat([torch.nn.functional.pad(batch["ids"], (0, width - batch["ids"].shape[1])), memory["ids"]])
