@@ -72,6 +72,32 @@ class MethodConfig:
     cross_lingual_weight: float = 1.0
     cross_modal_weight: float = 0.01
     temperature: float = 0.07
+    # which method class the preset configures (cll_ray/methods METHODS): presets only set its knobs
+    kind: str = "cll_clip"
+    # finetune_all: the whole text tower is trainable (Ablation_trainAll)
+    # oewc (§7): L + λ Σ F (θ − θ*)², F ← γ·F + mean over batches of squared batch gradients
+    ewc_lambda: float = 1000.0
+    ewc_gamma: float = 1.0
+    # er / der (§7): reservoir memory, memory batch = current batch size from task 2, replay MSE weight
+    memory_size: int = 8000
+    replay_weight: float = 1.0
+    # lwf: MSE to the frozen previous-task student's embedding of the current captions
+    lwf_weight: float = 1.0
+    # lora (§7): rank and alpha on attention q and v of every layer, one set per language
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    # mla_adapter / mla: bottleneck width of the per-language adapters/acquirers; 0 = width / 2 (§7, mla.md)
+    adapter_width: int = 0
+    # mla (mla.md §1.3): Native Language Transfer epochs (MSE to the English teacher, text only), then
+    # Language Exposure epochs (image-text InfoNCE at a fixed temperature, scale 100 in the original)
+    mla_nlt_epochs: int = 3
+    mla_le_epochs: int = 3
+    mla_le_temperature: float = 0.01
+    # where mla's shared multilingual embedding starts: "cll_expandable" (the CLL-CLIP expandable embedding,
+    # new rows by method.init) is the only choice without M-BERT weights (mla.md project notes)
+    mla_embedding_init: str = "cll_expandable"
+    # joint: one BPE over all languages' training captions; 0 = language_vocab_size × number of languages
+    joint_vocab_size: int = 0
 
 
 @dataclass(frozen=True)

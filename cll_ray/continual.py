@@ -7,7 +7,7 @@ r_i, train with the engine, keep the best epoch, then count the task's tokens in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +21,22 @@ from cll_ray.engine import RetrievalSet, TaskModule, TaskOutcome, TrainSet, eval
 from cll_ray.features import FeatureStore
 from cll_ray.losses import CLLLoss
 from cll_ray.methods import build_method
+from cll_ray.methods.base import Stage, TaskSpec
 from cll_ray.model import TextStudent
 from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe
 
 
 @dataclass
 class PreparedTask:
-    lang: str
+    lang: str  # the task's name: its language, or "joint"
     index: int
     growth: GrowthStats
     task_tokens: np.ndarray  # T_t: ids of the task's training captions, no BOS/EOS, no truncation
     row_scale: torch.Tensor  # r_i for every row
     train: TrainSet | None  # None when the rows come from elsewhere (a Ray Data shard)
-    val: RetrievalSet
+    val: list[RetrievalSet]  # one per language of the task (validation averages them)
+    spec: TaskSpec | None = None
+    token_counts: np.ndarray | None = None  # languages using each T_t token (f_i increment, §2.2a)
 
 
 class ContinualLearner:
@@ -46,6 +49,7 @@ class ContinualLearner:
         self.cfg = cfg
         self.method = build_method(cfg.method)
         self.student = TextStudent(base.clip, base.tokenizer.eos_id)
+        self.method.attach(self.student)
         self.tokenizer: ClipBPE = base.tokenizer
         self.tasks: list[dict] = []  # one record per completed task
         self.plan: dict[str, tuple[ClipBPE, GrowthStats]] = {}  # growth computed ahead (the Ray driver's)
@@ -106,28 +110,60 @@ class ContinualLearner:
             captions = ds.read_captions(self.dataset_dir, lang, splits=("train",)).captions
         return grow(tokenizer, train_bpe(captions, self.cfg.model.language_vocab_size), lang)
 
-    def begin_task(self, lang: str, build_train: bool = True) -> PreparedTask:
-        """Grow tokenizer and embedding for ``lang`` and build its training data."""
+    def _grow_joint(self, name: str, captions: list[str], languages: int) -> tuple[ClipBPE, GrowthStats]:
+        """One BPE over every language's captions (the reference's oracle vocabulary, §1.4), then grow."""
+        size = self.cfg.method.joint_vocab_size or self.cfg.model.language_vocab_size * languages
+        return grow(self.tokenizer, train_bpe(captions, size), name)
+
+    def begin_task(self, task: str | TaskSpec, build_train: bool = True) -> PreparedTask:
+        """Grow tokenizer and embedding for the task's language(s) and build its training data.
+
+        A multi-language task (joint training) always builds its data here: it is not a per-language shard.
+        """
+        spec = task if isinstance(task, TaskSpec) else TaskSpec(task, (task,))
         index = len(self.tasks)
-        caps = ds.read_captions(self.dataset_dir, lang, splits=("train",), require_english=lang != "en")
-        self.tokenizer, growth = self.grown_tokenizer(lang, caps.captions)
+        caps = {lang: ds.read_captions(self.dataset_dir, lang, splits=("train",), require_english=lang != "en")
+                for lang in spec.languages}
+        all_captions = [c for table in caps.values() for c in table.captions]
+        if len(spec.languages) == 1:
+            self.tokenizer, growth = self.grown_tokenizer(spec.name, all_captions)
+        else:
+            self.tokenizer, growth = self._grow_joint(spec.name, all_captions, len(spec.languages))
         embedding = self.student.token_embedding
         mean, std = self.method.new_row_distribution(embedding)
         # Seeded per task (the reference is not), so a resumed run draws the same rows.
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + index)
         embedding.grow(self.tokenizer.size, mean, std, generator=generator)
-        task_tokens = self.tokenizer.token_set(caps.captions)
+        self.method.begin_task(spec, index)
+        # T_t: the task's captions plus stored memory captions (ER/DER), each token counted once per language
+        token_sets = {lang: self.tokenizer.token_set(table.captions) for lang, table in caps.items()}
+        for lang, ids in self.method.memory_token_sets().items():
+            token_sets[lang] = np.union1d(token_sets.get(lang, np.zeros(0, np.int64)), ids)
+        task_tokens, counts = np.unique(np.concatenate(list(token_sets.values())), return_counts=True)
         row_scale = teir_row_scale(
             self.tokenizer.size, torch.from_numpy(task_tokens), embedding.token_frequencies,
             self.tokenizer.special_ids, self.cfg.method.freq_power,
         )
-        train = self._train_set(lang, caps) if build_train else None
-        return PreparedTask(lang, index, growth, task_tokens, row_scale, train, self.retrieval_set(lang, "val"))
+        train = None
+        if build_train or len(spec.languages) > 1:
+            train = TrainSet.concat([self._train_set(lang, table) for lang, table in caps.items()])
+        val = [self.retrieval_set(lang, "val") for lang in spec.languages]
+        return PreparedTask(spec.name, index, growth, task_tokens, row_scale, train, val, spec, counts)
 
-    def task_module(self) -> TaskModule:
-        """Student + a fresh loss (τ re-created at its initial value every task)."""
+    def task_module(self, stage: Stage | None = None) -> TaskModule:
+        """Student + a fresh loss (τ re-created at its initial value every task) with the stage's weights."""
         m = self.cfg.method
-        return TaskModule(self.student, CLLLoss(m.cross_lingual_weight, m.cross_modal_weight, m.temperature))
+        stage = stage or Stage("train", self.cfg.train.epochs, m.cross_lingual_weight, m.cross_modal_weight,
+                               m.temperature)
+        loss = CLLLoss(stage.cross_lingual_weight, stage.cross_modal_weight, stage.temperature)
+        # an unused τ must not be trainable: a data-parallel wrapper requires every trainable parameter in use
+        loss.temperature.requires_grad_(stage.learn_temperature and stage.cross_modal_weight != 0)
+        return TaskModule(self.student, loss)
+
+    def _validate(self, task: PreparedTask) -> dict[str, float]:
+        train = self.cfg.train
+        scores = [evaluate(self.student, val, train.eval_batch_size, train.precision) for val in task.val]
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     def train_task(
         self,
@@ -150,19 +186,35 @@ class ContinualLearner:
         steps = steps_per_epoch if steps_per_epoch is not None else len(train_set) // batch_size
         if steps == 0:
             raise ValueError(f"{task.lang}: {len(train_set)} training captions < batch size {batch_size}")
-        module = self.task_module()
-        module = wrap(module) if wrap is not None else module
-        return train_one_task(
-            module, self.method, task.row_scale,
-            epoch_batches=lambda epoch: train_set.batches(batch_size, generator, steps=steps, device=device),
-            steps_per_epoch=steps, train=train,
-            validate=lambda: evaluate(self.student, task.val, train.eval_batch_size, train.precision),
-            progress=progress, on_step=on_step, desc=f"task {task.index + 1} {task.lang}",
-        )
+        spec = task.spec or TaskSpec(task.lang, (task.lang,))
+        outcomes, done = [], 0
+        for stage in self.method.stages(spec, train):
+            self.method.begin_stage(stage)
+            module = self.task_module(stage)
+            module = wrap(module) if wrap is not None else module
+
+            def batches(epoch, stage=stage):
+                for batch in train_set.batches(batch_size, generator, steps=steps, device=device):
+                    yield batch if stage.use_images else {k: v for k, v in batch.items() if k != "image"}
+
+            outcome = train_one_task(
+                module, self.method, task.row_scale, epoch_batches=batches, steps_per_epoch=steps,
+                train=replace(train, epochs=stage.epochs), validate=lambda: self._validate(task),
+                progress=progress, desc=f"task {task.index + 1} {task.lang} {stage.name}",
+                on_step=None if on_step is None else lambda step, s, done=done: on_step(done + step, s),
+            )
+            for h in outcome.history:
+                h.update(stage=stage.name, steps=h["steps"] + done)
+            done += outcome.steps
+            outcomes.append(outcome)
+        last = outcomes[-1]
+        history = [h for o in outcomes for h in o.history]
+        return TaskOutcome(best_epoch=last.best_epoch, best_val=last.best_val, history=history, steps=done)
 
     def end_task(self, task: PreparedTask, outcome: TaskOutcome) -> dict:
         """Count the task's tokens once (f_i += 1) and record the task."""
-        self.student.token_embedding.commit_task_tokens(torch.from_numpy(task.task_tokens))
+        counts = None if task.token_counts is None else torch.from_numpy(task.token_counts)
+        self.student.token_embedding.commit_task_tokens(torch.from_numpy(task.task_tokens), counts)
         self.method.end_task(task.lang)
         record = {"lang": task.lang, "index": task.index, "growth": asdict(task.growth),
                   "num_task_tokens": int(len(task.task_tokens)), "best_epoch": outcome.best_epoch,
@@ -176,6 +228,7 @@ class ContinualLearner:
 
     def evaluate(self, lang: str, split: str = "test") -> dict[str, float]:
         train = self.cfg.train
+        self.method.activate(lang)  # language-routed methods use the test language's modules (§6.1)
         return evaluate(self.student, self.retrieval_set(lang, split), train.eval_batch_size, train.precision)
 
     # ---- state ----------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ The Ray Train worker calls the same functions; nothing here imports Ray.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,8 +31,12 @@ class TaskModule(nn.Module):
         self.student = student
         self.loss = loss
 
-    def forward(self, ids, teacher, image, image_index) -> dict[str, torch.Tensor]:
-        return self.loss(self.student(ids), teacher, image, image_index)
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The loss terms of ``batch``, plus ``embedding``: the student's output (B, E) for method terms."""
+        embedding = self.student(batch["ids"])
+        terms = self.loss(embedding, batch["teacher"], batch.get("image"), batch["image_index"],
+                          current=batch.get("current"))
+        return {**terms, "embedding": embedding}
 
 
 @dataclass
@@ -48,6 +51,21 @@ class TrainSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def concat(cls, sets: list[TrainSet]) -> TrainSet:
+        """The union of several languages' rows (joint training), ids padded to the same width."""
+        if len(sets) == 1:
+            return sets[0]
+        width = max(s.ids.shape[1] for s in sets)
+        ids = [nn.functional.pad(s.ids, (0, width - s.ids.shape[1])) for s in sets]
+        return cls(torch.cat(ids), *(torch.cat([getattr(s, k) for s in sets]) for k in ("teacher", "image", "image_index")))
+
+    def shard(self, rank: int, world: int) -> TrainSet:
+        """Every ``world``-th row from ``rank``: a disjoint slice per data-parallel rank."""
+        rows = torch.arange(rank, len(self), world)
+        return TrainSet(self.ids[rows], self.teacher[rows], self.image[rows], self.image_index[rows],
+                        None if self.keys is None else self.keys[rows])
 
     def batches(self, batch_size: int, generator: torch.Generator, steps: int | None = None,
                 device: torch.device | None = None) -> Iterable[dict[str, torch.Tensor]]:
@@ -118,6 +136,12 @@ def evaluate(student: TextStudent, data: RetrievalSet, batch_size: int = 1024, p
     return retrieval_metrics(text, data.image_features, data.caption_image)
 
 
+def trained_state_keys(student: nn.Module) -> set[str]:
+    """State entries a task can change: the token embedding (rows and frequencies) and trainable parameters."""
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    return {k for k in student.state_dict() if k.startswith("token_embedding.") or k in trainable}
+
+
 def train_one_task(
     module: nn.Module,
     method: Method,
@@ -142,6 +166,7 @@ def train_one_task(
     total = steps_per_epoch * train.epochs
     scheduler = warmup_constant(optimizer, int(train.warmup_ratio * total))
     trainable = [p for p in core.parameters() if p.requires_grad]
+    kept = trained_state_keys(core.student)
 
     history: list[dict] = []
     best_epoch, best_val, best_state = -1, None, None
@@ -151,9 +176,11 @@ def train_one_task(
         module.train()
         running: dict[str, float] = {}
         for batch in epoch_batches(epoch):
+            batch = method.extend_batch(batch)
             with autocast(batch["ids"].device, train.precision):
-                terms = module(batch["ids"], batch["teacher"], batch["image"], batch["image_index"])
-            extra = method.extra_loss_terms(batch, terms)
+                terms = module(batch)
+                extra = method.extra_loss_terms(batch, terms)
+            embedding_out = terms.pop("embedding")
             loss = terms["loss"] + sum(extra.values())
             terms.update(extra)
             if not math.isfinite(loss.item()):
@@ -163,6 +190,7 @@ def train_one_task(
             torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
             optimizer.step()
             scheduler.step()
+            method.after_step(batch, embedding_out.detach().float())
             step += 1
             scalars = {k: float(v.detach()) for k, v in terms.items()}
             scalars["lr"] = scheduler.get_last_lr()[0]
@@ -176,11 +204,13 @@ def train_one_task(
         val = validate()
         if best_val is None or val["r_mean"] > best_val["r_mean"]:
             best_epoch, best_val = epoch, val
-            best_state = copy.deepcopy(core.student.token_embedding.state_dict())
+            best_state = {k: v.detach().clone() for k, v in core.student.state_dict().items() if k in kept}
         history.append({"epoch": epoch, "steps": step, **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in running.items()},
                         **{f"val_{k}": v for k, v in val.items()}})
     bar.close()
     if best_state is None:
         raise ValueError(f"{desc}: no training epoch ran (epochs={train.epochs})")
-    core.student.token_embedding.load_state_dict(best_state)  # carry the best epoch forward (§4)
+    # oEWC's Fisher reflects the last epoch (trap 10): the method sees those weights before the restore
+    method.after_training(module, lambda: epoch_batches(train.epochs), train)
+    core.student.load_state_dict(best_state, strict=False)  # carry the best epoch forward (§4)
     return TaskOutcome(best_epoch=best_epoch, best_val=best_val, history=history, steps=step)

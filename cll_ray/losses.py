@@ -51,13 +51,23 @@ class CLLLoss(nn.Module):
         return self.temperature
 
     def forward(
-        self, student: torch.Tensor, teacher_text: torch.Tensor, image: torch.Tensor, image_ids: torch.Tensor
+        self, student: torch.Tensor, teacher_text: torch.Tensor, image: torch.Tensor | None, image_ids: torch.Tensor,
+        current: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Named terms: ``cross_lingual``, ``cross_modal`` (unweighted) and ``loss`` (the weighted total)."""
-        tau = self.clamp_temperature()
-        terms = {
-            "cross_lingual": cross_lingual_mse(student, teacher_text),
-            "cross_modal": soft_contrastive(student, image, image_ids, tau),
-        }
+        """Named terms: ``cross_lingual``, ``cross_modal`` (unweighted) and ``loss`` (the weighted total).
+
+        ``current`` (B,) bool restricts the cross-lingual MSE to the task's own rows (ER: memory rows get the
+        replay term instead, §7); the contrastive term runs over every row. A term with weight 0 is not
+        computed (reported as 0), so e.g. a text-only stage never reads ``image``.
+        """
+        zero = student.new_zeros(())
+        terms = {"cross_lingual": zero, "cross_modal": zero}
+        if self.cross_lingual_weight:
+            rows = slice(None) if current is None else current
+            terms["cross_lingual"] = cross_lingual_mse(student[rows], teacher_text[rows])
+        if self.cross_modal_weight:
+            if image is None:
+                raise ValueError("the cross-modal loss needs image features, but the batch has none")
+            terms["cross_modal"] = soft_contrastive(student, image, image_ids, self.clamp_temperature())
         terms["loss"] = self.cross_lingual_weight * terms["cross_lingual"] + self.cross_modal_weight * terms["cross_modal"]
         return terms

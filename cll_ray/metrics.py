@@ -249,3 +249,23 @@ def cl_metrics(A, zero_shot=None, t: int | None = None) -> dict[str, float]:
 def cl_metrics_per_task(A, zero_shot=None) -> list[dict[str, float]]:
     """``cl_metrics`` for every row t = 0..T−1: the per-task series (the reference's ``*_cl_AA.csv`` etc.)."""
     return [cl_metrics(A, zero_shot, t) for t in range(_matrix(A).shape[0])]
+
+
+def joint_metrics(scores, zero_shot=None) -> dict[str, float]:
+    """CL-table values for a jointly trained model, whose accuracy "matrix" is one final row over all languages.
+
+    AA = plasticity = the mean over languages; FWT = the mean gain over the zero-shot scores (when given);
+    F, Fen and BWT are NaN: there is no earlier model to forget from.
+    """
+    row = np.asarray(_as_numpy(scores), dtype=np.float64).reshape(-1)
+    if row.size == 0:
+        raise ValueError("joint_metrics needs at least one language's score")
+    out = {"AA": float(row.mean()), "F": math.nan, "Fen": math.nan, "BWT": math.nan}
+    if zero_shot is not None:
+        b = np.asarray(_as_numpy(zero_shot), dtype=np.float64).reshape(-1)
+        if b.shape != row.shape:
+            raise ValueError(f"zero_shot has {b.size} scores for {row.size} languages")
+        out["FWT"] = float((row - b).mean())
+    out["plasticity"] = float(row.mean())
+    return out
+

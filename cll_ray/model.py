@@ -6,6 +6,7 @@ Every open_clip attribute access lives here, so the rest of the project depends 
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from importlib import resources
 
@@ -82,12 +83,15 @@ class TextStudent(nn.Module):
     def __init__(self, clip: open_clip.CLIP, eos_id: int) -> None:
         super().__init__()
         self.token_embedding = ExpandableTokenEmbedding(clip.token_embedding.weight)
-        self.positional_embedding = clip.positional_embedding
-        self.transformer = clip.transformer
-        self.ln_final = clip.ln_final
-        self.text_projection = clip.text_projection
+        # own copies: methods that train or wrap the tower (finetune_all, LoRA) must not touch the base model
+        self.positional_embedding = copy.deepcopy(clip.positional_embedding)
+        self.transformer = copy.deepcopy(clip.transformer)
+        self.ln_final = copy.deepcopy(clip.ln_final)
+        self.text_projection = copy.deepcopy(clip.text_projection)
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.eos_id = eos_id
+        # a method's per-layer module, applied to every block's output: ``layer_adapter(i, x) -> x``
+        self.layer_adapter: nn.Module | None = None
         self.freeze_backbone()
 
     @property
@@ -102,12 +106,22 @@ class TextStudent(nn.Module):
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("token_embedding.")}
 
+    def encode_layers(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``Transformer.forward``, with ``layer_adapter`` after every block (MLA's slot, §7)."""
+        batch_first = self.transformer.batch_first
+        x = x if batch_first else x.transpose(0, 1)
+        for i, block in enumerate(self.transformer.resblocks):
+            x = block(x, attn_mask=mask)
+            if self.layer_adapter is not None:
+                x = self.layer_adapter(i, x)
+        return x if batch_first else x.transpose(0, 1)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Unnormalized sentence embeddings ``s = W_proj · LN(h_L)[first EOS]``: (B, L) -> (B, E)."""
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         mask = self.attn_mask[: ids.shape[1], : ids.shape[1]]
         with attention_backend(ids.device):
-            x = self.transformer(x, attn_mask=mask)
+            x = self.encode_layers(x, mask)
         x = self.ln_final(x)
         pooled = eos_first_pool(x, ids, self.eos_id)  # (B, D)
         proj = self.text_projection

@@ -144,23 +144,38 @@ def task_languages(rows: Sequence[Mapping]) -> list[str]:
     return [r["lang"] for r in rows]
 
 
+def evaluated_languages(rows: Sequence[Mapping]) -> list[str]:
+    """The matrix's columns: the languages the last row evaluated (a joint row covers all of them)."""
+    return list(rows[-1].get("languages") or task_languages(rows)) if rows else []
+
+
 def task_order(rows: Sequence[Mapping]) -> list[str]:
-    """The whole planned task order (``order`` of the last row), or the languages learned so far."""
+    """The whole planned task order (``order`` of the last row), or the languages learned so far.
+
+    A joint run has one task (named ``joint``), whatever its language order.
+    """
+    if rows and rows[-1].get("joint"):
+        return task_languages(rows)
     return list(rows[-1].get("order") or task_languages(rows)) if rows else []
 
 
 def accuracy_matrix(rows: Sequence[Mapping], metric: str) -> np.ndarray:
-    """The (T, T) accuracy matrix a[t, j] (score on language j after task t), NaN above the diagonal."""
+    """The (T, T) accuracy matrix a[t, j] (score on language j after task t), NaN above the diagonal.
+
+    A joint-training run (``joint`` rows) is one task over every language: its matrix is a single (1, J) row.
+    """
     T = len(rows)
-    a = np.full((T, T), np.nan)
+    width = max([T] + [len(row.get("scores", {}).get(metric, ())) for row in rows if row.get("joint")])
+    a = np.full((T, width), np.nan)
     for t, row in enumerate(rows):
         try:
             values = row["scores"][metric]
         except KeyError:
             raise KeyError(f"task {t} ({row.get('lang')}): no scores for {metric!r}") from None
-        if len(values) != t + 1:
-            raise ValueError(f"task {t} ({row.get('lang')}): {len(values)} {metric} scores, expected {t + 1}")
-        a[t, : t + 1] = np.asarray(values, dtype=np.float64)
+        expected = len(row.get("languages") or ()) if row.get("joint") else t + 1
+        if len(values) != expected:
+            raise ValueError(f"task {t} ({row.get('lang')}): {len(values)} {metric} scores, expected {expected}")
+        a[t, : len(values)] = np.asarray(values, dtype=np.float64)
     return a
 
 
@@ -257,6 +272,7 @@ def heatmap_figure(
     vmin: float | None = None,
     vmax: float | None = None,
     annotate: bool = True,
+    tasks: Sequence[str] | None = None,
 ):
     """An annotated heatmap of an accuracy matrix (rows: after task t, columns: evaluated language).
 
@@ -277,8 +293,9 @@ def heatmap_figure(
     ax = fig.add_subplot()
     cmap = mpl.colormaps["viridis"].with_extremes(bad="#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(a), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    tasks = list(tasks if tasks is not None else languages)
     ax.set_xticks(range(J), labels=list(languages)[:J], rotation=90 if J > 12 else 0)
-    ax.set_yticks(range(T), labels=[f"{t + 1}: {lang}" for t, lang in enumerate(list(languages)[:T])])
+    ax.set_yticks(range(T), labels=[f"{t + 1}: {lang}" for t, lang in enumerate(tasks[:T])])
     ax.set_xlabel("evaluated language")
     ax.set_ylabel("after task (learned language)")
     ax.set_title(title or f"accuracy matrix, {metric_label(metric)}")
@@ -331,7 +348,9 @@ def plot_heatmap(
 ) -> Path:
     """Write the annotated accuracy heatmap of ``rows`` for ``metric`` to ``path`` (PNG)."""
     return _save(
-        heatmap_figure(accuracy_matrix(rows, metric), task_languages(rows), metric, title, vmin, vmax), path
+        heatmap_figure(accuracy_matrix(rows, metric), evaluated_languages(rows), metric, title, vmin, vmax,
+                       tasks=task_languages(rows)),
+        path,
     )
 
 

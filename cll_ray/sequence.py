@@ -18,7 +18,9 @@ import numpy as np
 from cll_ray.base_model import BaseModel, shipped_base_dir
 from cll_ray.config import ExperimentConfig
 from cll_ray.continual import ContinualLearner
-from cll_ray.metrics import RETRIEVAL_KEYS, cl_metrics
+from cll_ray.methods.base import TaskSpec
+from cll_ray.metrics import RETRIEVAL_KEYS, cl_metrics, joint_metrics
+from cll_ray.parallel import data_parallel_rank
 
 
 def cll_ray_home(cfg: ExperimentConfig | None = None) -> Path:
@@ -67,25 +69,45 @@ def zero_shot_scores(learner: ContinualLearner, languages: list[str]) -> dict[st
 
 
 def accuracy_matrix(records: list[dict], metric: str) -> np.ndarray:
-    """(T, T) matrix of ``metric`` from task records' results; NaN above the diagonal (never zero-padded)."""
-    n = len(records)
-    matrix = np.full((n, n), np.nan)
+    """(T, J) matrix of ``metric`` from task records' results, J = languages seen; NaN where not evaluated.
+
+    One language per task gives the (T, T) lower-triangular matrix; joint training gives one row over all.
+    """
+    width = max(len(r["result"]["scores"][metric]) for r in records)
+    matrix = np.full((len(records), max(width, len(records))), np.nan)
     for t, record in enumerate(records):
-        matrix[t, : t + 1] = record["result"]["scores"][metric]
+        values = record["result"]["scores"][metric]
+        matrix[t, : len(values)] = values
     return matrix
 
 
+def seen_languages(tasks: list[TaskSpec]) -> list[str]:
+    """The languages trained on by ``tasks``, in order, each once."""
+    return list(dict.fromkeys(lang for task in tasks for lang in task.languages))
+
+
 def evaluate_task(learner: ContinualLearner, record: dict, order: list[str], zero_shot: dict, seconds: float) -> dict:
-    """Evaluate every seen language after the task of ``record`` and build its results row."""
+    """Evaluate every seen language after the task of ``record`` and build its results row.
+
+    For a joint task (all languages at once) the row covers every language and the CL metrics are those of a
+    single final model (``metrics.joint_metrics``): AA and plasticity = the mean over languages, FWT = the mean
+    gain over zero-shot, F/Fen/BWT undefined (NaN), as no earlier model exists.
+    """
     t = record["index"]
-    seen = list(order[: t + 1])
+    specs = learner.method.tasks(list(order))
+    seen = seen_languages(specs[: t + 1])
     scores = [learner.evaluate(lang) for lang in seen]
     record["result"] = {"scores": {k: [s[k] for s in scores] for k in RETRIEVAL_KEYS}}
     records = learner.tasks[: t + 1]
-    cl = {k: cl_metrics(accuracy_matrix(records, k), zero_shot[k][: t + 1]) for k in RETRIEVAL_KEYS}
+    joint = any(len(spec.languages) > 1 for spec in specs[: t + 1])
+    if joint:
+        cl = {k: joint_metrics(record["result"]["scores"][k], zero_shot[k][: len(seen)]) for k in RETRIEVAL_KEYS}
+    else:
+        cl = {k: cl_metrics(accuracy_matrix(records, k), zero_shot[k][: t + 1]) for k in RETRIEVAL_KEYS}
     record["result"].update({
         "task": t, "lang": record["lang"], "method": learner.cfg.method.name, "seconds": round(seconds, 1),
-        "languages": seen, "order": list(order), "growth": record["growth"], "best_epoch": record["best_epoch"],
+        "joint": joint, "languages": seen, "order": list(order), "growth": record["growth"],
+        "best_epoch": record["best_epoch"],
         "best_val_r_mean": record["best_val"]["r_mean"], "train_loss": record["history"][-1]["train_loss"],
         "cl": cl, "zero_shot": zero_shot,
     })
@@ -111,11 +133,16 @@ def run_tasks(
     In-process by default; a data-parallel worker supplies its shard (``train_set_for(lang)``), its share of the
     batch, the agreed step count, a model wrapper and device, and evaluates on rank 0 only.
     """
-    for t in range(len(learner.tasks), len(order)):
+    specs = learner.method.tasks(list(order))
+    for t in range(len(learner.tasks), len(specs)):
         started = time.time()
-        lang = order[t]
-        task = learner.begin_task(lang, build_train=train_set_for is None)
-        train_set = train_set_for(lang) if train_set_for is not None else task.train
+        task = learner.begin_task(specs[t], build_train=train_set_for is None)
+        if train_set_for is None:
+            train_set = task.train
+        elif task.train is not None:  # a joint task reads its data in-process: each rank takes its slice
+            train_set = task.train.shard(*data_parallel_rank())
+        else:
+            train_set = train_set_for(task.lang)
         steps_log: list[list[float]] = []
         outcome = learner.train_task(
             task, train_set, batch_size=batch_size, wrap=wrap, device=device, progress=progress,

@@ -121,17 +121,24 @@ class Tracker:
             self._log_matrices(rows, t)
 
     def _log_matrices(self, rows: list[dict], t: int) -> None:
-        from cll_ray.report import accuracy_matrix, figure_to_rgb, heatmap_figure, task_languages
+        from cll_ray.report import (
+            accuracy_matrix,
+            evaluated_languages,
+            figure_to_rgb,
+            heatmap_figure,
+            task_languages,
+        )
 
         for metric in MATRIX_METRICS:
             if not all(metric in r.get("scores", {}) for r in rows):
                 continue
             fig = heatmap_figure(
                 accuracy_matrix(rows, metric),
-                task_languages(rows),
+                evaluated_languages(rows),
                 metric,
                 title=f"after task {t + 1}: accuracy matrix, {metric}",
                 annotate=len(rows) <= ANNOTATE_UP_TO,
+                tasks=task_languages(rows),  # a joint run: one row over every evaluated language
             )
             self.writer.add_image(MATRIX_TAG.format(metric=metric), figure_to_rgb(fig), t, dataformats="HWC")
 

@@ -81,6 +81,7 @@ def train_loop_per_worker(config: dict) -> dict:
     learners: list[ContinualLearner] = []
     zero_shots: list[dict | None] = []
     offsets: list[int] = []  # tasks of the sequences before each one
+    counts: list[int] = []  # tasks of each sequence (one per language, or one joint task)
     for seq in sequences:
         learner = ContinualLearner(base, features, config["dataset_dir"], cfg)
         # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
@@ -93,10 +94,11 @@ def train_loop_per_worker(config: dict) -> dict:
             learner.load_state_dict(state["learner"])
             learner.student.to(device)
             zero_shot = state["extra"].get("zero_shot")
-            if rank == 0 and len(learner.tasks) < len(seq["languages"]):
+            if rank == 0 and len(learner.tasks) < len(learner.method.tasks(list(seq["languages"]))):
                 print(f"[{cfg.method.name}{_tag(seq)}] resuming after task {len(learner.tasks)} "
                       f"({learner.tasks[-1]['lang']})", flush=True)
-        offsets.append(sum(len(s["languages"]) for s in sequences[: len(learners)]))
+        offsets.append(sum(counts))
+        counts.append(len(learner.method.tasks(list(seq["languages"]))))
         learners.append(learner)
         zero_shots.append(zero_shot)
 
@@ -124,7 +126,7 @@ def train_loop_per_worker(config: dict) -> dict:
     # 5. learn what is left of every sequence
     for k, (seq, learner) in enumerate(zip(sequences, learners)):
         order = list(seq["languages"])
-        if len(learner.tasks) >= len(order):
+        if len(learner.tasks) >= counts[k]:
             continue
         zero_shot = zero_shots[k]
         if zero_shot is None and rank == 0:
@@ -142,7 +144,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 ray.train.report(metrics, checkpoint=None)
                 return
             result = record["result"]
-            print(f"[{cfg.method.name}{_tag(seq)}] task {record['index'] + 1}/{len(order)} {record['lang']}: t2i R@1 "
+            print(f"[{cfg.method.name}{_tag(seq)}] task {record['index'] + 1}/{counts[k]} {record['lang']}: t2i R@1 "
                   f"{' '.join(f'{v:.1f}' for v in result['scores']['t2i_r1'])} | AA {metrics['t2i_r1_AA']:.1f} "
                   f"({result['seconds']:.0f}s)", flush=True)
             # the run directory keeps every task's checkpoint; Ray Train also persists it to run.storage_path

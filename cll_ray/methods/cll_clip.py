@@ -30,12 +30,14 @@ class CLLCLIP(Method):
 
     def build_optimizer(self, embedding, other_params, row_scale, train: TrainConfig) -> torch.optim.Optimizer:
         common = dict(lr=train.lr, betas=tuple(train.betas), eps=train.adam_eps)
+        # other trainable parameters (τ, adapters, LoRA, the tower under finetune_all): decay only ndim ≥ 2 (§4)
+        others = [{"params": [p for p in other_params if p.dim() >= 2], "weight_decay": train.weight_decay},
+                  {"params": [p for p in other_params if p.dim() < 2], "weight_decay": 0.0}]
+        others = [g for g in others if g["params"]]
         if not self.regularized:
             # The reference's dense AdamW: every row decays and BOS/EOS train (trap 4: part of what it measures).
             return torch.optim.AdamW(
-                [{"params": [embedding], "weight_decay": train.weight_decay},
-                 {"params": other_params, "weight_decay": 0.0}],
-                **common,
+                [{"params": [embedding], "weight_decay": train.weight_decay}, *others], **common,
             )
         if self.cfg.grad_scale and self.cfg.decay_scale:
             rows = torch.nonzero(row_scale > 0).squeeze(1)  # r_i = 0 rows neither move nor decay: skip them
@@ -44,6 +46,6 @@ class CLLCLIP(Method):
         return RowScaledAdamW(
             [{"params": [embedding], "weight_decay": train.weight_decay, "rows": rows, "row_scale": row_scale[rows],
               "scale_grad": self.cfg.grad_scale, "scale_decay": self.cfg.decay_scale},
-             {"params": other_params, "weight_decay": 0.0}],
+             *others],
             **common,
         )
