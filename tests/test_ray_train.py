@@ -26,7 +26,7 @@ def tiny_config(method="cll_clip_teir", workers=1, *extra):
 
 @pytest.fixture(scope="module")
 def ray_local(tiny_synthxm):
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
     yield
     ray.shutdown()
 
