@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, cli, cli_env, kill_tree, start_head, stop_head
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2700)]
 
 SWEEP = ["tune_spaces/teir.yaml", "--samples", "4", "--orders", "2", "--quiet",
          "data.synthxm_size=tiny", "run.languages=[en,fr,ru]", "train.batch_size=32", "train.lr=5e-3",
@@ -57,7 +57,7 @@ def test_sweep_reports_every_trial_resumes_after_a_kill_and_writes_its_report(en
 
     # 2. resume: the remaining trials run, the finished ones are not rerun
     resumed = cli(["tune", "--resume", str(sweep_dir), "--quiet"], env)
-    out, _ = resumed.communicate(timeout=1200)
+    out, _ = resumed.communicate(timeout=1800)
     assert resumed.returncode == 0, out[-4000:]
     assert "resuming sweep" in out
     after = finished_trials(sweep_dir)
