@@ -61,11 +61,15 @@ def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
         runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
                                                                       "RAY_DATA_DISABLE_PROGRESS_BARS")},
                                   "excludes": [".venv", "runs", ".cache", ".git"]})
-        submit = subprocess.run(
-            [ray, "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
-             "--runtime-env-json", runtime_env, "--",
-             "cll-ray", "run", *TINY, f"run.output_dir={tmp_path}", "run.name=job"],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        for _ in range(10):  # a fresh head's job agent can take a while to register on a loaded machine
+            submit = subprocess.run(
+                [ray, "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
+                 "--runtime-env-json", runtime_env, "--",
+                 "cll-ray", "run", *TINY, f"run.output_dir={tmp_path}", "run.name=job"],
+                env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(10)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         assert "succeeded" in submit.stdout
         langs, rows = matrix(tmp_path / "job")
