@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("overrides", nargs="*", help="dotted config overrides for every trial, e.g. data.synthxm_size=small")
     tun.add_argument("--samples", type=int, default=20, help="trials (default 20)")
     tun.add_argument("--orders", type=int, help="task orders each trial runs (default: the space's `orders`)")
-    tun.add_argument("--workers", type=int, help="Ray Train workers per trial (run.num_workers; 0 = in the trial)")
+    tun.add_argument("--workers", type=int, help="Ray Train workers per trial (run.num_workers, at least 1)")
     tun.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster's CPUs fit)")
     tun.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep; finished trials are kept")
