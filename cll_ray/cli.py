@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
         if args.workers is not None:
             overrides.append(f"run.num_workers={args.workers}")
-        methods = args.methods.split(",")
+        from cll_ray.config import method_list
+
+        methods = method_list(args.methods)
         configs = {m: load_config(args.config, method=m, overrides=overrides) for m in methods}
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a continual-language-learning sequence and print the CL table")
     run.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=3e-5")
     run.add_argument("--config", help="experiment YAML (a small diff over the defaults)")
-    run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets")
+    run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets (cll_ray/configs/methods.yaml), or all")
     run.add_argument("--langs", help="comma-separated languages, or all (the 36 XM3600 ones); default: run.languages")
     run.add_argument("--order", help="given (default) | alphabetical | order<seed>, e.g. order222 (the paper's)")
     run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")

@@ -274,6 +274,19 @@ def method_presets() -> dict[str, dict[str, Any]]:
     return {name: {**resolve(name), "name": name} for name in raw if not name.startswith("_")}
 
 
+def method_list(text: str) -> list[str]:
+    """``--methods``: comma-separated preset names, or ``all`` (every preset, in methods.yaml order)."""
+    presets = method_presets()
+    names = list(presets) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in presets]
+    if unknown or not names:
+        raise ConfigError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'} "
+                          f"(known: all, {', '.join(presets)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--methods: a method is given twice in '{text}'")
+    return names
+
+
 def load_config(
     experiment: str | Path | None = None, method: str | None = None, overrides: list[str] = ()
 ) -> ExperimentConfig:

@@ -54,6 +54,16 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
             time.sleep(5 * attempt)
 
 
+def trainers_that_fit(cfg: ExperimentConfig, resources: dict) -> int:
+    """How many of these Trainers (a run's methods, a sweep's trials) the cluster holds at once: its CPUs (and
+    GPUs) over what one Trainer's workers take. Never zero: one always starts and waits for resources."""
+    cpus = cfg.run.cpus_per_worker * max(1, cfg.run.num_workers)  # local mode trains in one process
+    fit = int(float(resources.get("CPU", 1)) // cpus)
+    if cfg.run.use_gpu:
+        fit = min(fit, int(float(resources.get("GPU", 0)) // max(1, cfg.run.num_workers)))
+    return max(1, fit)
+
+
 def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
     first = next(iter(cfgs.values()))
     for name, cfg in cfgs.items():
@@ -179,17 +189,23 @@ def run_experiment(
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
     ensure_ray(num_cpus)
     datasets = build_datasets(cfg, inputs)
-    # 3. one Trainer per method, fitted side by side
+    # 3. one Trainer per method, as many side by side as the cluster holds; the others wait their turn here,
+    # not in Ray (a Trainer waiting for its worker group gives up after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
     outcomes: dict[str, dict] = {}
     errors: dict[str, BaseException] = {}
+    at_once = trainers_that_fit(cfg, ray.cluster_resources())
+    if len(cfgs) > at_once:
+        print(f"{len(cfgs)} methods, {at_once} at a time (the cluster's resources)", flush=True)
+    slots = threading.Semaphore(at_once)
 
     def fit(method_cfg: ExperimentConfig) -> None:
-        started = time.time()
         try:
-            result = build_trainer(method_cfg, inputs, datasets, run_dir).fit()
-            rows = write_outputs(method_cfg, result, run_dir)
-            outcomes[method_cfg.method.name] = {"rows": rows, "return_value": result.return_value,
-                                                "seconds": round(time.time() - started, 1)}
+            with slots:
+                started = time.time()
+                result = build_trainer(method_cfg, inputs, datasets, run_dir).fit()
+                rows = write_outputs(method_cfg, result, run_dir)
+                outcomes[method_cfg.method.name] = {"rows": rows, "return_value": result.return_value,
+                                                    "seconds": round(time.time() - started, 1)}
         except BaseException as e:  # reported after every method has finished
             errors[method_cfg.method.name] = e
 

@@ -29,6 +29,8 @@ HEATMAP_METRICS = ("t2i_r1",)
 CURVE_METRICS = ("t2i_r1", "i2t_r1")
 CURVE_KEYS = ("AA", "F")
 SERIES_METRICS = ("t2i_r1", "i2t_r1")
+ACROSS_METRICS = ("t2i_r1", "i2t_r1")
+ACROSS_KEYS = ("AA", "F", "Fen", "plasticity")
 MISSING = "–"
 _REQUIRED = ("task", "lang", "scores", "cl")
 
@@ -211,6 +213,41 @@ def final_table(results: Mapping[str, Sequence[Mapping]], metrics: Iterable[str]
         body.append(
             [label, _tasks_cell(rows)] + [_fmt(cl.get(m, {}).get(k)) for m in metrics for k in CL_KEYS]
         )
+    return _markdown(header, body)
+
+
+def method_name(label: str) -> str:
+    """The method of a label (``runB/cll_clip`` -> ``cll_clip``)."""
+    return label.rsplit("/", 1)[-1]
+
+
+def runs_by_method(results: Mapping[str, Sequence[Mapping]]) -> dict[str, list[Sequence[Mapping]]]:
+    """method -> its rows in every run that has it (in the order the runs were given)."""
+    groups: dict[str, list[Sequence[Mapping]]] = {}
+    for label, rows in results.items():
+        groups.setdefault(method_name(label), []).append(rows)
+    return groups
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return MISSING
+    return f"{np.mean(finite):.1f} ± {np.std(finite):.1f}" if len(finite) > 1 else f"{finite[0]:.1f}"
+
+
+def across_runs_table(results: Mapping[str, Sequence[Mapping]], metrics: Iterable[str] = ACROSS_METRICS,
+                      keys: Iterable[str] = ACROSS_KEYS) -> str:
+    """A markdown table comparing methods over several runs (task orders, seeds): a row per method, each
+    CL value after the last task as mean ± std (population std) over the runs that have the method."""
+    metrics, keys = tuple(metrics), tuple(keys)
+    header = ["method", "runs", "tasks"] + [f"{m} {k}" for m in metrics for k in keys]
+    body = []
+    for method, runs in runs_by_method(results).items():
+        finals = [rows[-1].get("cl", {}) for rows in runs]
+        tasks = ", ".join(dict.fromkeys(_tasks_cell(rows) for rows in runs))  # "8", or "8, 5/8" if one stopped
+        body.append([method, str(len(runs)), tasks] + [
+            _mean_std([_value(cl.get(m, {}).get(k)) for cl in finals]) for m in metrics for k in keys])
     return _markdown(header, body)
 
 
@@ -451,6 +488,16 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
         lines += [
             f"- task order ({', '.join(labels)}): {' → '.join(order)}" for order, labels in orders.items()
         ]
+    if any(len(runs) > 1 for runs in runs_by_method(results).values()):
+        lines += [
+            "",
+            "## Methods across runs",
+            "",
+            f"CL metrics after the last task, mean ± std over the {len(run_dirs)} runs given (%; a method's "
+            "runs count in `runs`).",
+            "",
+            across_runs_table(results),
+        ]
     lines += [
         "",
         "## Final results",
@@ -495,6 +542,8 @@ def run(args: argparse.Namespace) -> int:
     results = collect_results(args.run_dirs)
     report = _write_report(results, args.run_dirs, args.out)
     print(final_table(results))
+    if any(len(runs) > 1 for runs in runs_by_method(results).values()):
+        print(f"\nacross runs (mean ± std):\n{across_runs_table(results)}")
     print(f"\nreport: {report}")
     return 0
 

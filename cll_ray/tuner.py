@@ -26,7 +26,7 @@ from ray import tune
 
 from cll_ray.config import ConfigError, ExperimentConfig, save_config
 from cll_ray.data import build_train_datasets
-from cll_ray.driver import build_trainer, ensure_ray, plan_tokenizers, prepare_inputs
+from cll_ray.driver import build_trainer, ensure_ray, plan_tokenizers, prepare_inputs, trainers_that_fit
 from cll_ray.io import atomic_write_text
 from cll_ray.sweep import SearchSpace, apply_point, load_space, task_orders
 
@@ -61,23 +61,10 @@ def sweep_trial(point: dict, shared: dict) -> None:
     trainer.fit()
 
 
-def trial_cpus(cfg: ExperimentConfig) -> float:
-    """CPUs one trial's Train workers hold."""
-    return cfg.run.cpus_per_worker * cfg.run.num_workers
-
-
 def check_sweepable(cfg: ExperimentConfig) -> None:
     if cfg.run.num_workers < 1:
         raise ConfigError("a sweep trains in Ray Train workers: run.num_workers (--workers) must be at least 1 "
                           "(Ray Train's local mode is not available inside a Tune trial)")
-
-
-def trials_that_fit(cfg: ExperimentConfig, resources: dict) -> int:
-    """How many trials the cluster holds at once: its CPUs (and GPUs) over what one trial's workers take."""
-    fit = int(float(resources.get("CPU", 1)) // trial_cpus(cfg))
-    if cfg.run.use_gpu:
-        fit = min(fit, int(float(resources.get("GPU", 0)) // max(1, cfg.run.num_workers)))
-    return max(1, fit)
 
 
 def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]], sweep_dir: Path,
@@ -148,7 +135,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
     check_sweepable(cfg)
     ensure_ray(num_cpus)
     shared = _prepare(space, cfg, order_list, sweep_dir, progress)
-    concurrent = concurrent or trials_that_fit(cfg, ray.cluster_resources())
+    concurrent = concurrent or trainers_that_fit(cfg, ray.cluster_resources())
     exp_path = f"{shared['storage']}/{TUNE_NAME}"
     if not resume:
         shutil.copyfile(space_file, sweep_dir / SPACE_COPY)

@@ -7,6 +7,7 @@ from cll_ray.config import (
     ConfigError,
     ExperimentConfig,
     load_config,
+    method_list,
     method_presets,
     parse_override,
     save_config,
@@ -54,6 +55,19 @@ def test_norwegian_is_a_language_not_a_boolean(tmp_path):
 def test_unknown_method_is_an_error():
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         load_config(method="nope")
+
+
+def test_methods_option():
+    assert method_list("cll_clip_teir, mla") == ["cll_clip_teir", "mla"]
+    everything = method_list("all")
+    assert everything == list(method_presets()) and everything[:2] == ["cll_clip", "cll_clip_teir"]
+    assert "joint" in everything and not [m for m in everything if m.startswith("_")]  # no private parents
+    with pytest.raises(ConfigError, match="unknown method.*nope"):
+        method_list("cll_clip,nope")
+    with pytest.raises(ConfigError, match="twice"):
+        method_list("mla,mla")
+    with pytest.raises(ConfigError, match="none given"):
+        method_list(" , ")
 
 
 def test_round_trip_through_yaml(tmp_path):

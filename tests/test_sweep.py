@@ -104,7 +104,8 @@ def test_objectives_across_orders():
 
 def test_trials_fit_the_cluster():
     from cll_ray.config import load_config
-    from cll_ray.tuner import check_sweepable, trials_that_fit
+    from cll_ray.driver import trainers_that_fit as trials_that_fit
+    from cll_ray.tuner import check_sweepable
 
     two_workers = load_config(overrides=["run.num_workers=2", "run.cpus_per_worker=1"])
     assert trials_that_fit(two_workers, {"CPU": 8.0}) == 4

@@ -12,11 +12,13 @@ import pytest
 from cll_ray.metrics import CL_KEYS, RETRIEVAL_KEYS, cl_metrics
 from cll_ray.report import (
     accuracy_matrix,
+    across_runs_table,
     build_report,
     collect_results,
     final_table,
     load_results,
     main,
+    runs_by_method,
 )
 from cll_ray.tracking import CL_TAG, EVAL_TAG, HPARAMS_RUN, MATRIX_TAG, TRAIN_TAG, Tracker
 
@@ -329,3 +331,29 @@ def test_two_runs_are_disambiguated(run_dir, tmp_path):
         "cll_clip_teir",
         "x/runA/cll_clip",
     ]
+
+
+def test_methods_compared_across_runs(run_dir, tmp_path, capsys):
+    """Runs of the same methods (other task orders, say) are compared as mean ± std per method."""
+    other = write_run(tmp_path / "runB", methods=("cll_clip",), like="cll_clip_teir")
+    write_run(other, methods=("mla",), like="cll_clip")
+    results = collect_results([run_dir, other])
+    assert runs_by_method(results) == {"cll_clip": [results["runA/cll_clip"], results["runB/cll_clip"]],
+                                       "cll_clip_teir": [results["cll_clip_teir"]], "mla": [results["mla"]]}
+    table = across_runs_table(results)
+    assert table.splitlines()[0] == ("| method | runs | tasks | t2i_r1 AA | t2i_r1 F | t2i_r1 Fen | t2i_r1 plasticity "
+                                     "| i2t_r1 AA | i2t_r1 F | i2t_r1 Fen | i2t_r1 plasticity |")
+    # cll_clip: AA 29 and 35, Fen 7 and 2, plasticity 33 and 36 (population std); i2t is t2i + 5 for AA
+    assert "| cll_clip | 2 | 3 | 32.0 ± 3.0 | 3.8 ± 2.2 | 4.5 ± 2.5 | 34.5 ± 1.5 | 37.0 ± 3.0 |" in table
+    assert "| cll_clip_teir | 1 | 3 | 35.0 | 1.5 | 2.0 | 36.0 | 40.0 |" in table
+
+    short = write_run(tmp_path / "runC", methods=("cll_clip",))
+    lines = (short / "cll_clip" / "results.jsonl").read_text().splitlines()
+    (short / "cll_clip" / "results.jsonl").write_text("\n".join(lines[:2]) + "\n")  # stopped after task 2
+    assert "| cll_clip | 3 | 3, 2/3 |" in across_runs_table(collect_results([run_dir, other, short]))
+
+    text = build_report([run_dir, other], out_dir=tmp_path / "cmp").read_text()
+    assert "## Methods across runs" in text and table in text
+    assert "## Methods across runs" not in build_report([run_dir], out_dir=tmp_path / "one").read_text()
+    assert main([str(run_dir), str(other), "--out", str(tmp_path / "cmp2")]) == 0
+    assert table in capsys.readouterr().out
