@@ -112,7 +112,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     eval_batch_size: int = 1024
-    precision: str = "bf16"  # forward-pass autocast: bf16 | fp16 (GPU) | fp32
+    precision: str = "auto"  # forward-pass autocast: auto (bf16 where the hardware has it, else fp32) | bf16 | fp16 (GPU) | fp32
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,8 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.train.precision not in ("bf16", "fp16", "fp32"):
-            raise ConfigError(f"train.precision must be bf16, fp16 or fp32, got '{self.train.precision}'")
+        if self.train.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got '{self.train.precision}'")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

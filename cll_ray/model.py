@@ -77,6 +77,18 @@ def eos_first_pool(hidden: torch.Tensor, ids: torch.Tensor, eos_id: int) -> torc
     return hidden[torch.arange(ids.shape[0], device=ids.device), first]  # (B, D)
 
 
+def trim_after_eos(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """The batch cut after its last first-EOS column: what EOS-first pooling reads is unchanged.
+
+    Attention is causal, so a position never sees later ones; the pooled position (each row's first EOS) only
+    sees the columns kept. Captions are far shorter than the 77-token context, so this is most of the compute.
+    """
+    is_eos = ids == eos_id
+    if ids.ndim != 2 or not bool(is_eos.any(dim=1).all()):
+        return ids  # a row without EOS pools at its last position: keep the whole context
+    return ids[:, : int(is_eos.int().argmax(dim=1).max()) + 1]
+
+
 class TextStudent(nn.Module):
     """CLIP's text tower with an expandable token embedding; only the embedding is trainable by default."""
 
@@ -118,6 +130,7 @@ class TextStudent(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Unnormalized sentence embeddings ``s = W_proj · LN(h_L)[first EOS]``: (B, L) -> (B, E)."""
+        ids = trim_after_eos(ids, self.eos_id)
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         mask = self.attn_mask[: ids.shape[1], : ids.shape[1]]
         with attention_backend(ids.device):

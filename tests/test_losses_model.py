@@ -1,14 +1,14 @@
 """Losses (method.md §3, trap 9), EOS-first pooling (§1.3, trap 2) and the frozen student (§1.2)."""
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from cll_ray.engine import trim_padding
 from cll_ray.losses import CLLLoss, cross_lingual_mse, soft_contrastive, soft_targets
-from cll_ray.model import TextStudent, build_clip, eos_first_pool
+from cll_ray.model import TextStudent, build_clip, eos_first_pool, trim_after_eos
 
 
 def test_soft_targets_spread_over_captions_of_the_same_image():
@@ -74,9 +74,29 @@ def test_student_matches_open_clip_text_tower_and_freezes_backbone(tiny_clip):
     student = TextStudent(tiny_clip, eos_id=1)
     ids = torch.tensor([[0, 5, 6, 1] + [0] * 20, [0, 7, 1, 0] + [0] * 20])
     torch.testing.assert_close(student(ids), tiny_clip.encode_text(ids), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(student(trim_padding(ids)), student(ids), rtol=1e-5, atol=1e-6)  # causal mask
+    # the student cuts the batch after its last first-EOS (exact under the causal mask): open_clip's full
+    # 24-column pass above agrees, and so do tokens after EOS
+    assert trim_after_eos(ids, 1).shape == (2, 4)
+    after_eos = ids.clone()
+    after_eos[:, 4:9] = 9
+    torch.testing.assert_close(student(after_eos), student(ids), rtol=1e-5, atol=1e-6)
+    no_eos = torch.tensor([[0, 5, 6, 7]])
+    assert trim_after_eos(no_eos, 1) is no_eos  # a row without EOS keeps the whole context
     assert [n for n, p in student.named_parameters() if p.requires_grad] == ["token_embedding.weight"]
     student(ids).sum().backward()
     grad = student.token_embedding.weight.grad
     assert grad[[5, 6, 7]].abs().sum() > 0 and grad[20:].abs().sum() == 0
     assert all(p.grad is None for n, p in student.named_parameters() if not n.startswith("token_embedding"))
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from cll_ray import engine
+
+    assert engine.resolve_precision("fp32", "cpu") == "fp32" and engine.resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.resolve_precision("auto", "cpu") == "fp32"
+    assert isinstance(engine.autocast("cpu", "auto"), contextlib.nullcontext)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.resolve_precision("auto", "cpu") == "bf16"
+    with engine.autocast("cpu", "auto"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

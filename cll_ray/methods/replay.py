@@ -125,13 +125,11 @@ class ExperienceReplay(CLLCLIP):
         pick = (torch.randperm(available, generator=self.sampler)[:size] if available >= size
                 else torch.randint(0, available, (size,), generator=self.sampler))
         memory = {k: v[pick].to(batch["ids"].device) for k, v in self.replay.items()}
-        from cll_ray.engine import trim_padding  # lazily: the engine imports the methods
-
         width = max(batch["ids"].shape[1], memory["ids"].shape[1])
-        ids = torch.cat([torch.nn.functional.pad(batch["ids"], (0, width - batch["ids"].shape[1])), memory["ids"]])
+        ids = torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (batch["ids"], memory["ids"])])
         current = torch.zeros(2 * size, dtype=torch.bool, device=ids.device)
         current[:size] = True
-        return {"ids": trim_padding(ids), "teacher": torch.cat([batch["teacher"], memory["label"]]),
+        return {"ids": ids, "teacher": torch.cat([batch["teacher"], memory["label"]]),
                 "image": torch.cat([batch["image"], memory["image"]]),
                 "image_index": torch.cat([batch["image_index"], memory["image_index"]]), "current": current}
 
