@@ -59,7 +59,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from cll_ray.config import load_config
     from cll_ray.driver import load_run_configs, run_experiment
-    from cll_ray.report import build_report, final_table
+    from cll_ray.report import main as report_main
 
     started = time.time()
     if args.resume:
@@ -84,11 +84,10 @@ def _run(args: argparse.Namespace) -> int:
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
-    outcomes = run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
-    report = build_report([run_dir])
+    run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
     print()
-    print(final_table({m: o["rows"] for m, o in outcomes.items()}))
-    print(f"\nreport: {report}\nTensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
+    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     print(f"wall time: {time.time() - started:.0f}s")
     return 0
 
@@ -292,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets (cll_ray/configs/methods.yaml), or all")
     run.add_argument("--langs", help="comma-separated languages, or all (the 36 XM3600 ones); default: run.languages")
     run.add_argument("--order", help="given (default) | alphabetical | order<seed>, e.g. order222 (the paper's)")
+    run.add_argument("--orders", type=int, help="K task orders per method: the given one, then K-1 seeded ones, "
+                     "English first (run.orders); the report shows mean ± std over them")
     run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")

@@ -118,6 +118,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     languages: tuple[str, ...] = ("en", "fr", "de", "ru", "ar", "hi", "zh", "ja")  # the task order
+    orders: int = 1  # K task orders per method: this one, then K-1 seeded ones (English first; cll-ray run --orders)
     output_dir: str = "runs"  # run directories go here (use shared storage on a multi-node cluster)
     name: str = ""  # "" = a timestamp
     storage_path: str = ""  # Ray Train checkpoints: a local/NFS path or a cloud URI; "" = <run dir>/train
@@ -138,6 +139,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.train.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got '{self.train.precision}'")
+        if self.run.orders < 1:
+            raise ConfigError(f"run.orders (--orders) must be at least 1, got {self.run.orders}")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -23,13 +23,14 @@ from ray.train.torch import TorchTrainer
 
 from cll_ray import dataset as ds
 from cll_ray.base_model import BaseModel
-from cll_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from cll_ray.checkpoint import load_checkpoint
 from cll_ray.config import ExperimentConfig, load_yaml, save_config
 from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
+from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
-from cll_ray.worker import single_sequence, train_loop_per_worker
+from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
 
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
@@ -70,8 +71,8 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
         for section in ("data", "model"):
             if getattr(cfg, section) != getattr(first, section):
                 raise ValueError(f"method {name}: {section}.* differs from the other methods of this run")
-        if cfg.run.languages != first.run.languages:
-            raise ValueError(f"method {name}: run.languages differs from the other methods of this run")
+        if (cfg.run.languages, cfg.run.orders) != (first.run.languages, first.run.orders):
+            raise ValueError(f"method {name}: run.languages or run.orders differs from the other methods of this run")
     return first
 
 
@@ -116,6 +117,30 @@ def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Da
                                 inputs["features_dir"])
 
 
+def run_orders(cfg: ExperimentConfig) -> list[list[str]]:
+    """The task orders of a run: ``run.languages``, then ``run.orders - 1`` seeded ones (English first)."""
+    from cll_ray.sweep import task_orders
+
+    return task_orders(cfg.run.languages, cfg.run.orders)
+
+
+def order_sequences(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]]) -> tuple[list[dict], dict]:
+    """One worker sequence per task order (key ``o<k>``) and their datasets, tokenized in one Ray Data pass:
+    ``o<k>_train_<lang>`` with the tokenizer that language has at its place in order k."""
+    tokenizers, sequences = {}, []
+    for k, order in enumerate(orders):
+        plan, tokenizers[f"o{k}_train_"] = plan_tokenizers(cfg, inputs, order)
+        sequences.append({"key": f"o{k}", "languages": order, "plan": plan, "datasets": f"o{k}_train_"})
+    datasets = build_train_datasets(inputs["dataset_dir"], tokenizers, inputs["base"].context_length,
+                                    inputs["features_dir"])
+    return sequences, datasets
+
+
+def order_run_dir(run_dir: Path, key: str) -> Path:
+    """Where a run with several task orders writes order ``key``'s results: an ordinary run directory."""
+    return Path(run_dir) / ORDERS_DIR / key
+
+
 def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path, *, name: str | None = None,
                   sequences: list[dict] | None = None, checkpoint_dir: Path | None = None, storage: str | None = None,
                   objective: dict | None = None, callbacks: list | None = None,
@@ -154,17 +179,26 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
     )
 
 
-def write_outputs(cfg: ExperimentConfig, result: ray.train.Result, run_dir: Path) -> list[dict]:
-    """results.jsonl and TensorBoard events of one method, from its last task checkpoint."""
+def write_outputs(cfg: ExperimentConfig, result: ray.train.Result, run_dir: Path,
+                  sequences: list[dict] | None = None) -> list[dict]:
+    """results.jsonl and TensorBoard events of one method, from its last task checkpoint (which holds every
+    sequence). Several task orders: order k's go to ``orders/o<k>/`` and TensorBoard ``<method>/o<k>``."""
+    rows: list[dict] = []
     with result.checkpoint.as_directory() as d:
-        state = load_checkpoint(Path(d) / CHECKPOINT_FILE)
-    records = state["learner"]["tasks"]
+        for seq in sequences or [{"key": ""}]:
+            state = load_checkpoint(Path(d) / checkpoint_file(seq["key"]))
+            out = order_run_dir(run_dir, seq["key"]) if seq["key"] else run_dir
+            board = run_dir / "tensorboard" / cfg.method.name / seq["key"]
+            rows += _write_sequence(cfg, state["learner"]["tasks"], out, board)
+    return rows
+
+
+def _write_sequence(cfg: ExperimentConfig, records: list[dict], out: Path, board: Path) -> list[dict]:
     rows = results_rows(records)
-    method_dir = run_dir / cfg.method.name
-    write_jsonl(method_dir / "results.jsonl", rows)
+    write_jsonl(out / cfg.method.name / "results.jsonl", rows)
     from cll_ray.tracking import Tracker
 
-    tracker = Tracker(run_dir / "tensorboard" / cfg.method.name)
+    tracker = Tracker(board)
     offset = 0
     for record in records:
         for step, loss, cross_lingual, cross_modal in record.get("steps_log", []):
@@ -188,7 +222,11 @@ def run_experiment(
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
     ensure_ray(num_cpus)
-    datasets = build_datasets(cfg, inputs)
+    sequences = None
+    if cfg.run.orders > 1:
+        sequences, datasets = order_sequences(cfg, inputs, run_orders(cfg))
+    else:
+        datasets = build_datasets(cfg, inputs)
     # 3. one Trainer per method, as many side by side as the cluster holds; the others wait their turn here,
     # not in Ray (a Trainer waiting for its worker group gives up after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
     outcomes: dict[str, dict] = {}
@@ -202,8 +240,8 @@ def run_experiment(
         try:
             with slots:
                 started = time.time()
-                result = build_trainer(method_cfg, inputs, datasets, run_dir).fit()
-                rows = write_outputs(method_cfg, result, run_dir)
+                result = build_trainer(method_cfg, inputs, datasets, run_dir, sequences=sequences).fit()
+                rows = write_outputs(method_cfg, result, run_dir, sequences)
                 outcomes[method_cfg.method.name] = {"rows": rows, "return_value": result.return_value,
                                                     "seconds": round(time.time() - started, 1)}
         except BaseException as e:  # reported after every method has finished

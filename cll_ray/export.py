@@ -106,6 +106,9 @@ def export_model(run_dir: str | Path, out: str | Path, task: int | None = None, 
     run_dir = Path(run_dir).expanduser().resolve()
     method = resolve_method(run_dir, method)
     folders = sorted((run_dir / method / "checkpoints").glob(f"task*/{CHECKPOINT_FILE}"))
+    if not folders and (run_dir / "orders").is_dir():
+        raise ValueError(f"{run_dir}: a run of several task orders (--orders) compares methods; export the model "
+                         "of a run with one order (cll-ray run --order ...)")
     if not folders:
         raise FileNotFoundError(f"{run_dir / method / 'checkpoints'}: no task checkpoint yet")
     task = task or len(folders)

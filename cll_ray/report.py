@@ -22,6 +22,7 @@ from cll_ray.io import atomic_write_text, atomic_write_with
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.md"
+ORDERS_DIR = "orders"  # a run with several task orders: orders/o<k>/ is order k's run directory
 PLOTS_DIR = "plots"
 CL_KEYS = ("AA", "F", "Fen", "BWT", "FWT", "plasticity")
 TABLE_METRICS = ("t2i_r1", "i2t_r1", "r_mean")
@@ -109,8 +110,7 @@ def collect_results(run_dirs: Sequence[str | Path] | str | Path) -> dict[str, li
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
     loaded = []
-    for d in run_dirs:
-        d = Path(d).expanduser()
+    for d in expand_orders(run_dirs):
         # a method folder given directly belongs to the run of its parent folder
         run = d.parent if (d / RESULTS_FILE).exists() or (d / CONFIG_FILE).exists() else d
         loaded.append((run.resolve(), load_results(d)))
@@ -126,6 +126,16 @@ def collect_results(run_dirs: Sequence[str | Path] | str | Path) -> dict[str, li
             if label in out:  # the same run given twice
                 raise ValueError(f"{label}: given more than once")
             out[label] = rows
+    return out
+
+
+def expand_orders(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Run directories, with a run of several task orders (``orders/o<k>/``) replaced by its order runs."""
+    out = []
+    for d in map(lambda p: Path(p).expanduser(), run_dirs):
+        orders = sorted((p for p in (d / ORDERS_DIR).glob("o*") if p.name[1:].isdigit()),
+                        key=lambda p: int(p.name[1:])) if (d / ORDERS_DIR).is_dir() else []
+        out += orders or [d]
     return out
 
 
@@ -481,7 +491,7 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
     for label, rows in results.items():
         orders.setdefault(tuple(task_order(rows)), []).append(label)
     lines = [f"# CLL report: {names}", ""]
-    lines += [f"- run: `{Path(d).expanduser().resolve()}`" for d in run_dirs]
+    lines += [f"- run: `{Path(d).expanduser().resolve()}`" for d in expand_orders(run_dirs)]
     if len(orders) == 1:
         lines.append(f"- task order: {' → '.join(next(iter(orders)))}")
     else:
@@ -493,8 +503,8 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
             "",
             "## Methods across runs",
             "",
-            f"CL metrics after the last task, mean ± std over the {len(run_dirs)} runs given (%; a method's "
-            "runs count in `runs`).",
+            "CL metrics after the last task, mean ± std over the runs (task orders) that have the method (%; "
+            "their count in `runs`).",
             "",
             across_runs_table(results),
         ]

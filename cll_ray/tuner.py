@@ -25,8 +25,7 @@ import ray
 from ray import tune
 
 from cll_ray.config import ConfigError, ExperimentConfig, save_config
-from cll_ray.data import build_train_datasets
-from cll_ray.driver import build_trainer, ensure_ray, plan_tokenizers, prepare_inputs, trainers_that_fit
+from cll_ray.driver import build_trainer, ensure_ray, order_sequences, prepare_inputs, trainers_that_fit
 from cll_ray.io import atomic_write_text
 from cll_ray.sweep import SearchSpace, apply_point, load_space, task_orders
 
@@ -71,12 +70,7 @@ def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]],
              progress: bool) -> dict:
     """Inputs once, and one tokenized dataset per (order, language), named ``o<k>_train_<lang>``."""
     inputs = prepare_inputs(cfg, sweep_dir, progress=progress)
-    tokenizers, sequences = {}, []
-    for k, order in enumerate(orders):
-        plan, tokenizers[f"o{k}_train_"] = plan_tokenizers(cfg, inputs, order)
-        sequences.append({"key": f"o{k}", "languages": order, "plan": plan, "datasets": f"o{k}_train_"})
-    datasets = build_train_datasets(inputs["dataset_dir"], tokenizers, inputs["base"].context_length,
-                                    inputs["features_dir"])
+    sequences, datasets = order_sequences(cfg, inputs, orders)
     return {
         "experiment": cfg.to_dict(),
         "sweep_dir": str(sweep_dir),

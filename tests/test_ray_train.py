@@ -61,6 +61,34 @@ def test_local_mode_run_writes_every_output(ray_local, tmp_path):
     assert rows[-1]["scores"]["t2i_r1"][2] > rows[-1]["zero_shot"]["t2i_r1"][2] + 15
 
 
+def test_several_task_orders_in_one_trainer(ray_local, tmp_path, capsys):
+    """--orders 2: one Trainer learns both orders; each order is an ordinary run directory under orders/, order 0
+    equals a run of that order alone, and the report compares the method across the orders."""
+    from cll_ray.driver import run_orders
+    from cll_ray.export import export_model
+    from cll_ray.report import collect_results
+    from cll_ray.report import main as report_main
+
+    cfg = tiny_config("cll_clip_teir", 0, "run.orders=2")
+    orders = run_orders(cfg)
+    assert orders[0] == ["en", "fr", "ru"] and orders[1] != orders[0] and orders[1][0] == "en"
+    run_experiment({"cll_clip_teir": cfg}, tmp_path / "run", progress=False)
+    alone = run_experiment({"cll_clip_teir": tiny_config(workers=0)}, tmp_path / "alone", progress=False)
+    results = collect_results([tmp_path / "run"])
+    assert list(results) == ["o0/cll_clip_teir", "o1/cll_clip_teir"]
+    for k, rows in enumerate(results.values()):
+        assert [r["lang"] for r in rows] == orders[k] and rows[-1]["order"] == orders[k]
+        assert list((tmp_path / "run" / "tensorboard" / "cll_clip_teir" / f"o{k}").glob("events.out.tfevents.*"))
+    assert [r["scores"] for r in results["o0/cll_clip_teir"]] == [r["scores"] for r in alone["cll_clip_teir"]["rows"]]
+    assert report_main([str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    finals = [rows[-1]["cl"]["t2i_r1"]["AA"] for rows in results.values()]
+    assert f"| cll_clip_teir | 2 | 3 | {np.mean(finals):.1f} ± {np.std(finals):.1f} |" in out
+    assert "## Methods across runs" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(ValueError, match="several task orders"):
+        export_model(tmp_path / "run", tmp_path / "model")
+
+
 def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
     one = run_experiment({"m": tiny_config(workers=1)}, tmp_path / "one", progress=False)["cll_clip_teir"]
     two = run_experiment({"m": tiny_config(workers=2)}, tmp_path / "two", progress=False)["cll_clip_teir"]
