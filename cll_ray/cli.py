@@ -56,6 +56,22 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """`cll-ray run`'s options as the dotted overrides they stand for, after the user's own."""
+    from cll_ray.orders import resolve_order
+
+    overrides = list(args.overrides)
+    if args.langs or args.order:
+        if not args.langs:
+            raise ValueError("--order needs --langs (a comma-separated list, or all)")
+        overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
+    if args.workers is not None:
+        overrides.append(f"run.num_workers={args.workers}")
+    if args.orders is not None:
+        overrides.append(f"run.orders={args.orders}")
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     from cll_ray.config import load_config
     from cll_ray.driver import load_run_configs, run_experiment
@@ -67,19 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         configs = load_run_configs(run_dir)
         print(f"resuming {run_dir}: {', '.join(configs)}")
     else:
-        from cll_ray.orders import resolve_order
-
-        overrides = list(args.overrides)
-        if args.langs or args.order:
-            if not args.langs:
-                raise ValueError("--order needs --langs (a comma-separated list, or all)")
-            overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
-        if args.workers is not None:
-            overrides.append(f"run.num_workers={args.workers}")
         from cll_ray.config import method_list
 
-        methods = method_list(args.methods)
-        configs = {m: load_config(args.config, method=m, overrides=overrides) for m in methods}
+        overrides = run_overrides(args)
+        configs = {m: load_config(args.config, method=m, overrides=overrides) for m in method_list(args.methods)}
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name

@@ -76,3 +76,16 @@ def test_round_trip_through_yaml(tmp_path):
     again = ExperimentConfig.from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
     assert again == cfg
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves nothing behind
+
+
+def test_run_options_become_overrides():
+    from cll_ray.cli import build_parser, run_overrides
+
+    args = build_parser().parse_args(["run", "--methods", "all", "--orders", "3", "--workers", "2",
+                                      "--langs", "en,ru", "train.lr=1e-3"])
+    overrides = run_overrides(args)
+    assert overrides == ["train.lr=1e-3", "run.languages=[en,ru]", "run.num_workers=2", "run.orders=3"]
+    cfg = load_config(method="cll_clip", overrides=overrides)
+    assert (cfg.run.orders, cfg.run.num_workers, cfg.run.languages) == (3, 2, ("en", "ru"))
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_config(overrides=["run.orders=0"])
