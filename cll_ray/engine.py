@@ -23,6 +23,7 @@ from cll_ray.methods.base import Method
 from cll_ray.metrics import retrieval_metrics
 from cll_ray.model import TextStudent
 from cll_ray.optim import warmup_constant
+from cll_ray.parallel import mean_over_ranks
 
 
 class TaskModule(nn.Module):
@@ -221,8 +222,8 @@ def train_one_task(
         if best_val is None or val["r_mean"] > best_val["r_mean"]:
             best_epoch, best_val = epoch, val
             best_state = {k: v.detach().clone() for k, v in core.student.state_dict().items() if k in kept}
-        history.append({"epoch": epoch, "steps": step, **{f"train_{k}": v / max(1, steps_per_epoch) for k, v in running.items()},
-                        **{f"val_{k}": v for k, v in val.items()}})
+        epoch_means = mean_over_ranks({f"train_{k}": v / max(1, steps_per_epoch) for k, v in running.items()})
+        history.append({"epoch": epoch, "steps": step, **epoch_means, **{f"val_{k}": v for k, v in val.items()}})
     bar.close()
     if best_state is None:
         raise ValueError(f"{desc}: no training epoch ran (epochs={train.epochs})")

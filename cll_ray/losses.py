@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cll_ray.parallel import gather_rows, gather_with_grad
+
 TAU_MIN, TAU_MAX = 0.001, 0.5
 
 
@@ -59,6 +61,9 @@ class CLLLoss(nn.Module):
         ``current`` (B,) bool restricts the cross-lingual MSE to the task's own rows (ER: memory rows get the
         replay term instead, §7); the contrastive term runs over every row. A term with weight 0 is not
         computed (reported as 0), so e.g. a text-only stage never reads ``image``.
+
+        Data parallel: the contrastive term runs over the global batch (every rank's rows gathered), as on one
+        process; otherwise each rank's batch share would shrink the negatives as workers are added.
         """
         zero = student.new_zeros(())
         terms = {"cross_lingual": zero, "cross_modal": zero}
@@ -68,6 +73,8 @@ class CLLLoss(nn.Module):
         if self.cross_modal_weight:
             if image is None:
                 raise ValueError("the cross-modal loss needs image features, but the batch has none")
-            terms["cross_modal"] = soft_contrastive(student, image, image_ids, self.clamp_temperature())
+            rows = gather_rows({"image": image, "image_ids": image_ids})
+            terms["cross_modal"] = soft_contrastive(gather_with_grad(student), rows["image"], rows["image_ids"],
+                                                    self.clamp_temperature())
         terms["loss"] = self.cross_lingual_weight * terms["cross_lingual"] + self.cross_modal_weight * terms["cross_modal"]
         return terms

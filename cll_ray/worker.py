@@ -3,7 +3,8 @@
 A run has one sequence (its task order); a sweep trial has one per task order, learned one after another by
 independent learners in the same worker group, so a trial pays one Trainer start-up for all its orders.
 Every rank runs the same deterministic per-task steps (tokenizer growth, seeded new rows, T_t, r_i) so their
-learners stay identical; gradients are averaged by DDP through the wrapped module's ``forward``. Rank 0
+learners stay identical; gradients are averaged by DDP through the wrapped module's ``forward``, and the
+contrastive term gathers every rank's rows, so the objective is the global batch's whatever the worker count. Rank 0
 evaluates every seen language after each task and reports a checkpoint holding every sequence's learner; a
 restarted worker group (``FailureConfig``) or a resumed run continues after the last checkpointed task.
 """

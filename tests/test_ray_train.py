@@ -101,10 +101,16 @@ def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
     for lang in ("en", "fr", "ru"):
         a, b = set(keys[0][lang]), set(keys[1][lang])
         assert not a & b and a | b == set(single[lang]) and len(single[lang]) == 320
-    # same task, same global batch: loss and retrieval agree within noise
+    # same task, same global batch (the contrastive term gathers both ranks' rows; two ranks get one process's
+    # gradient exactly, test_parallel.py), but other batch draws, whose noise is large on tiny SynthXM: two seeds
+    # of one worker differ by up to 16 points of R@1 and 28% in loss here. So: within that noise, and every new
+    # language learned well above its zero-shot score. English starts at its loss floor (about 0.015), where a few
+    # thousandths are noise, hence the absolute floor.
     for r1, r2 in zip(one["rows"], two["rows"]):
-        assert r2["scores"]["t2i_r1"][-1] == pytest.approx(r1["scores"]["t2i_r1"][-1], abs=15)
-        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=0.25)
+        assert r2["scores"]["t2i_r1"][-1] == pytest.approx(r1["scores"]["t2i_r1"][-1], abs=20)
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=0.35, abs=0.01)
+    for k, row in enumerate(two["rows"][1:], start=1):
+        assert row["scores"]["t2i_r1"][k] > row["zero_shot"]["t2i_r1"][k] + 15
     summary = json.loads((tmp_path / "one" / "run.json").read_text())
     assert summary["cll_clip_teir"]["tasks"] == 3
 
