@@ -44,6 +44,7 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
             return
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
             ray.init(log_to_driver=True)
+            release_orphaned_placement_groups()  # a killed earlier driver's, before this one waits for CPUs
             return
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
@@ -53,6 +54,29 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
             print(f"Ray did not start in time (attempt {attempt}/{attempts}); retrying", flush=True)
             ray.shutdown()
             time.sleep(5 * attempt)
+
+
+def release_orphaned_placement_groups() -> int:
+    """Remove placement groups whose creating driver is dead. A driver killed while Tune or Train was requesting
+    one can leave it registered after Ray's job cleanup (seen here: registered 0.09 s after its job ended),
+    holding its CPUs for good, so a resumed sweep would wait forever. Detached groups, and groups whose creating
+    actor still lives, are kept. Ray has no public API for a group's creator, hence its GCS tables."""
+    from ray._private.state import jobs, state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    dead_jobs = {job["JobID"] for job in jobs() if job["IsDead"]}
+    released = 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        actor_gone = group.creator_actor_dead or not group.creator_actor_id.strip(b"\xff")
+        if (group.state != gcs_pb2.PlacementGroupTableData.REMOVED and not group.is_detached
+                and group.creator_job_id.hex() in dead_jobs and actor_gone):
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
+            released += 1
+    if released:
+        print(f"released {released} placement group(s) left by a driver that died", flush=True)
+    return released
 
 
 def trainers_that_fit(cfg: ExperimentConfig, resources: dict) -> int:

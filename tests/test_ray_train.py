@@ -153,3 +153,15 @@ def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path
     assert set(outcome["return_value"]["shard_keys"][0]) <= {"fr", "ru"}
     assert "ru" in outcome["return_value"]["shard_keys"][0]
     assert Path(storage).exists()
+
+
+def test_orphan_release_keeps_a_live_drivers_placement_groups(ray_local):
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    from cll_ray.driver import release_orphaned_placement_groups
+
+    group = placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=60)
+    assert release_orphaned_placement_groups() == 0  # its creator (this driver) lives
+    assert placement_group_table(group)["state"] == "CREATED"
+    remove_placement_group(group)
