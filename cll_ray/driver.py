@@ -32,6 +32,8 @@ from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
 
+ORPHAN_CHECK_S = 30.0
+
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`; ``RAY_ADDRESS=auto`` joins a cluster started
@@ -45,6 +47,8 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
             ray.init(log_to_driver=True)
             release_orphaned_placement_groups()  # a killed earlier driver's, before this one waits for CPUs
+            threading.Thread(target=_keep_releasing_orphans, args=(ORPHAN_CHECK_S,), daemon=True,
+                             name="orphan-placement-groups").start()
             return
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
@@ -59,9 +63,11 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
 def release_orphaned_placement_groups() -> int:
     """Remove placement groups whose creating driver is dead. A driver killed while Tune or Train was requesting
     one can leave it registered after Ray's job cleanup (seen here: registered 0.09 s after its job ended),
-    holding its CPUs for good, so a resumed sweep would wait forever. Detached groups, and groups whose creating
-    actor still lives, are kept. Ray has no public API for a group's creator, hence its GCS tables."""
-    from ray._private.state import jobs, state
+    holding its CPUs for good, so a resumed sweep would wait forever. Such a late group's flags are never set:
+    neither ``creator_job_dead`` nor ``creator_actor_dead``, although both are gone, so the job and actor tables
+    decide. Detached groups, and groups whose creating actor still lives, are kept. Ray has no public API for a
+    group's creator, hence its GCS tables."""
+    from ray._private.state import actors, jobs, state
     from ray.core.generated import gcs_pb2
     from ray.util.placement_group import PlacementGroup
 
@@ -69,14 +75,36 @@ def release_orphaned_placement_groups() -> int:
     released = 0
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         group = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        actor_gone = group.creator_actor_dead or not group.creator_actor_id.strip(b"\xff")
-        if (group.state != gcs_pb2.PlacementGroupTableData.REMOVED and not group.is_detached
-                and group.creator_job_id.hex() in dead_jobs and actor_gone):
+        if is_orphaned(group, dead_jobs, lambda actor_id: actors(actor_id=actor_id).get("State", "DEAD")):
             ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
             released += 1
     if released:
         print(f"released {released} placement group(s) left by a driver that died", flush=True)
     return released
+
+
+def is_orphaned(group, dead_jobs: set[str], actor_state) -> bool:
+    """Whether a placement group (GCS ``PlacementGroupTableData``) belongs to no one: not removed, not detached,
+    created by a job in ``dead_jobs`` (hex ids), by no actor or by one ``actor_state(hex id)`` says is DEAD."""
+    from ray.core.generated import gcs_pb2
+
+    if (group.state == gcs_pb2.PlacementGroupTableData.REMOVED or group.is_detached
+            or group.creator_job_id.hex() not in dead_jobs):
+        return False
+    if group.creator_actor_dead or not group.creator_actor_id.strip(b"\xff"):
+        return True
+    return actor_state(group.creator_actor_id.hex()) == "DEAD"  # a detached actor of the dead job may use it
+
+
+def _keep_releasing_orphans(interval_s: float) -> None:
+    """A driver that joins a shared cluster keeps freeing what drivers that die meanwhile leave behind."""
+    while ray.is_initialized():
+        time.sleep(interval_s)
+        try:
+            release_orphaned_placement_groups()
+        except Exception as e:  # best effort: never take the run down (nor speak while Ray shuts down)
+            if ray.is_initialized():
+                print(f"could not check for orphaned placement groups: {e}", flush=True)
 
 
 def trainers_that_fit(cfg: ExperimentConfig, resources: dict) -> int:

@@ -75,3 +75,21 @@ def stop_head(env: dict) -> None:
     current = Path("/tmp/ray/ray_current_cluster")
     if current.exists() and current.read_text().strip().endswith(f":{port}"):
         current.unlink(missing_ok=True)
+
+
+def cluster_state(env: dict) -> str:
+    """What the cluster at env's RAY_ADDRESS holds (resources, placement groups, live actors), for a failure message
+    when a run that should have ended is still waiting."""
+    ray = str(BIN / "ray")
+    commands = [[ray, "status", "--address", env["RAY_ADDRESS"]],
+                [ray, "list", "placement-groups", "--detail", "--address", env["RAY_ADDRESS"]],
+                [ray, "list", "actors", "--filter", "state!=DEAD", "--address", env["RAY_ADDRESS"]],
+                [ray, "list", "jobs", "--address", env["RAY_ADDRESS"]]]
+    parts = []
+    for command in commands:
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+            parts.append(f"$ {' '.join(command[1:4])}\n{done.stdout[-6000:]}{done.stderr[-2000:]}")
+        except subprocess.TimeoutExpired:
+            parts.append(f"$ {' '.join(command[1:4])}: no answer in 60 s")
+    return "\n".join(parts)

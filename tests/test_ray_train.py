@@ -165,3 +165,29 @@ def test_orphan_release_keeps_a_live_drivers_placement_groups(ray_local):
     assert release_orphaned_placement_groups() == 0  # its creator (this driver) lives
     assert placement_group_table(group)["state"] == "CREATED"
     remove_placement_group(group)
+
+
+def test_a_dead_jobs_group_is_orphaned_even_when_ray_never_flagged_its_creator_dead():
+    from ray.core.generated import gcs_pb2
+
+    from cll_ray.driver import is_orphaned
+
+    dead, live = bytes.fromhex("01000000"), bytes.fromhex("02000000")
+    actor = bytes.fromhex("ab" * 16)
+
+    def group(job, **fields):
+        fields.setdefault("state", gcs_pb2.PlacementGroupTableData.CREATED)
+        return gcs_pb2.PlacementGroupTableData(creator_job_id=job, **fields)
+
+    states = {actor.hex(): "DEAD"}
+    dead_jobs = {dead.hex()}
+    # registered after its job ended: no flag set, its creating actor already DEAD in the actor table
+    assert is_orphaned(group(dead, creator_actor_id=actor), dead_jobs, states.get)
+    assert is_orphaned(group(dead, creator_actor_id=b"\xff" * 16), dead_jobs, states.get)  # the driver's own
+    assert is_orphaned(group(dead), dead_jobs, states.get)
+    assert is_orphaned(group(dead, creator_actor_id=actor, creator_actor_dead=True), dead_jobs, lambda a: "ALIVE")
+    assert not is_orphaned(group(dead, creator_actor_id=actor), dead_jobs, lambda a: "ALIVE")  # a detached actor's
+    assert not is_orphaned(group(dead, is_detached=True), dead_jobs, states.get)
+    assert not is_orphaned(group(live), dead_jobs, states.get)
+    removed = group(dead, state=gcs_pb2.PlacementGroupTableData.REMOVED)
+    assert not is_orphaned(removed, dead_jobs, states.get)
