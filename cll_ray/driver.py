@@ -33,6 +33,7 @@ from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, result
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
 
 ORPHAN_CHECK_S = 30.0
+ORPHAN_THREAD = "orphan-placement-groups"
 
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
@@ -47,8 +48,9 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
             ray.init(log_to_driver=True)
             release_orphaned_placement_groups()  # a killed earlier driver's, before this one waits for CPUs
-            threading.Thread(target=_keep_releasing_orphans, args=(ORPHAN_CHECK_S,), daemon=True,
-                             name="orphan-placement-groups").start()
+            if not any(t.name == ORPHAN_THREAD for t in threading.enumerate()):  # one per process, across re-inits
+                threading.Thread(target=_keep_releasing_orphans, args=(ORPHAN_CHECK_S,), daemon=True,
+                                 name=ORPHAN_THREAD).start()
             return
         try:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)

@@ -7,7 +7,6 @@ TorchTrainer (one worker) that learns both orders and reports after every task. 
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ SWEEP = ["tune_spaces/teir.yaml", "--samples", "4", "--orders", "2", "--quiet",
          "data.synthxm_size=tiny", "run.languages=[en,fr,ru]", "train.batch_size=32", "train.lr=5e-3",
          "model.language_vocab_size=600"]
 TASKS = 6  # 2 orders x 3 languages
-RESUME_TIMEOUT_S = int(os.environ.get("CLL_RAY_TEST_RESUME_TIMEOUT_S", 1200))
+RESUME_TIMEOUT_S = 1200
 
 
 @pytest.fixture(scope="module")
