@@ -40,12 +40,34 @@ def tiny_features(tiny_synthxm, shipped_base, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cli_home(tmp_path_factory):
-    """A data home with tiny SynthXM where `data.synthxm_size=tiny` looks, for CLI subprocesses."""
+    """The session's data home: tiny SynthXM (every language) where `data.synthxm_size=tiny` looks. Runs in this
+    process and CLI subprocesses share it, so teacher features are computed once per session."""
     from cll_ray.synthxm import generate_synthxm
 
     home = tmp_path_factory.mktemp("cli-home")
     generate_synthxm(home / "synthxm" / "tiny-seed0", size="tiny", progress=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for every in-process Ray test of the session (started on first use)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head(cli_home):
+    """One `ray start --head` on loopback for the CLI tests that need a standing cluster (job submit, the sweep);
+    stopped by its own address only, never another process's Ray. Yields the CLI environment pointing at it."""
+    from helpers import cli_env, start_head, stop_head
+
+    env = start_head(cli_env(cli_home))
+    yield env
+    stop_head(env)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +79,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the in-process Ray run first, one after another, so that its instance can stop before the tests
+    that start Ray in subprocesses or a `ray start` head (two idle instances on two cores only slow both)."""
+    items.sort(key=lambda item: "ray_local" not in getattr(item, "fixturenames", ()))
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if "ray_local" in getattr(item, "fixturenames", ()) and (
+            nextitem is None or "ray_local" not in getattr(nextitem, "fixturenames", ())):
+        import ray
+
+        ray.shutdown()  # the last test on it: the session fixture's own teardown then finds nothing to stop

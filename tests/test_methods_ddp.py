@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 METHODS = ["er_teir", "oewc", "mla", "lora"]
 OVERRIDES = ["train.batch_size=32", "train.epochs=1", "train.lr=5e-3", "model.language_vocab_size=600",

@@ -1,4 +1,5 @@
-"""The CLI as users run it, in separate processes: a driver killed mid-run and resumed; `ray job submit`."""
+"""The CLI as users run it, in separate processes: a driver killed mid-run and resumed; `ray job submit` to the
+session's standing `ray start` head (shared with the sweep test)."""
 
 import json
 import shutil
@@ -6,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import BIN, REPO, cli, cli_env, free_port, kill_tree
+from helpers import BIN, REPO, cli, cli_env, kill_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -54,20 +55,14 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     assert resumed == matrix(tmp_path / "straight")[1]
 
 
-def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
-    port, dashboard = free_port(), free_port()
-    ray = str(BIN / "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
-    assert start.returncode == 0, start.stdout + start.stderr
+def test_ray_job_submit_against_a_local_cluster(ray_head, tmp_path):
+    env = ray_head
+    runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
+                                                                  "RAY_DATA_DISABLE_PROGRESS_BARS")},
+                              "excludes": [".venv", "runs", ".cache", ".git"]})
     try:
-        runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
-                                                                      "RAY_DATA_DISABLE_PROGRESS_BARS")},
-                                  "excludes": [".venv", "runs", ".cache", ".git"]})
         submit = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+            [str(BIN / "ray"), "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
              "--runtime-env-json", runtime_env, "--",
              "cll-ray", "run", *TINY, f"run.output_dir={tmp_path}", "run.name=job"],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -77,5 +72,4 @@ def test_ray_job_submit_against_a_local_cluster(env, tmp_path):
         assert langs == ["en", "fr", "ru"] and len(rows[-1]) == 6
         assert (tmp_path / "job" / "report.md").exists()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(tmp_path / "job" / "train", ignore_errors=True)

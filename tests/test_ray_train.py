@@ -24,44 +24,42 @@ def tiny_config(method="cll_clip_teir", workers=1, *extra):
         "model.language_vocab_size=600", f"run.num_workers={workers}", *extra])
 
 
-@pytest.fixture(scope="module")
-def ray_local(tiny_synthxm):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(autouse=True)
-def data_home(tiny_synthxm, monkeypatch):
-    # the tiny SynthXM fixture lives at <home>/synthxm/tiny-seed0, which is where a run with data.root looks
-    monkeypatch.setenv("CLL_RAY_HOME", str(tiny_synthxm.parent.parent))
+def data_home(cli_home, monkeypatch):
+    # the session's tiny SynthXM lives at <home>/synthxm/tiny-seed0, which is where a run with data.synthxm_size=tiny looks
+    monkeypatch.setenv("CLL_RAY_HOME", str(cli_home))
 
 
-@pytest.fixture(scope="session")
-def tiny_synthxm(tmp_path_factory):
-    from cll_ray.synthxm import generate_synthxm
+@pytest.fixture(scope="module")
+def local_run(ray_local, cli_home, tmp_path_factory, monkeypatch_module):
+    """The local-mode (num_workers=0) sequence, run once: its outputs are checked here and reused as the
+    one-order reference of the several-orders test."""
+    monkeypatch_module.setenv("CLL_RAY_HOME", str(cli_home))
+    run_dir = tmp_path_factory.mktemp("local") / "run"
+    return run_dir, run_experiment({"cll_clip_teir": tiny_config(workers=0)}, run_dir, progress=False)
 
-    out = tmp_path_factory.mktemp("home") / "synthxm" / "tiny-seed0"  # where data.synthxm_size=tiny looks
-    generate_synthxm(out, size="tiny", seed=0, progress=False)
-    return out
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
-def test_local_mode_run_writes_every_output(ray_local, tmp_path):
-    cfgs = {"cll_clip_teir": tiny_config(workers=0)}
-    outcomes = run_experiment(cfgs, tmp_path / "run", progress=False)
+def test_local_mode_run_writes_every_output(local_run):
+    run_dir, outcomes = local_run
     rows = outcomes["cll_clip_teir"]["rows"]
     assert [r["lang"] for r in rows] == ["en", "fr", "ru"]
     assert len(rows[-1]["scores"]["t2i_r1"]) == 3 and np.isfinite(rows[-1]["cl"]["t2i_r1"]["F"])
-    method_dir = tmp_path / "run" / "cll_clip_teir"
+    method_dir = run_dir / "cll_clip_teir"
     assert (method_dir / "config.yaml").exists()
     lines = [json.loads(line) for line in (method_dir / "results.jsonl").read_text().splitlines()]
     assert lines == json.loads(json.dumps(rows))
-    assert list((tmp_path / "run" / "tensorboard" / "cll_clip_teir").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "cll_clip_teir").glob("events.out.tfevents.*"))
     # the new language is learned well above its zero-shot score
     assert rows[-1]["scores"]["t2i_r1"][2] > rows[-1]["zero_shot"]["t2i_r1"][2] + 15
 
 
-def test_several_task_orders_in_one_trainer(ray_local, tmp_path, capsys):
+def test_several_task_orders_in_one_trainer(local_run, tmp_path, capsys):
     """--orders 2: one Trainer learns both orders; each order is an ordinary run directory under orders/, order 0
     equals a run of that order alone, and the report compares the method across the orders."""
     from cll_ray.driver import run_orders
@@ -73,7 +71,7 @@ def test_several_task_orders_in_one_trainer(ray_local, tmp_path, capsys):
     orders = run_orders(cfg)
     assert orders[0] == ["en", "fr", "ru"] and orders[1] != orders[0] and orders[1][0] == "en"
     run_experiment({"cll_clip_teir": cfg}, tmp_path / "run", progress=False)
-    alone = run_experiment({"cll_clip_teir": tiny_config(workers=0)}, tmp_path / "alone", progress=False)
+    alone = local_run[1]  # the same config on order 0 alone
     results = collect_results([tmp_path / "run"])
     assert list(results) == ["o0/cll_clip_teir", "o1/cll_clip_teir"]
     for k, rows in enumerate(results.values()):
@@ -89,6 +87,7 @@ def test_several_task_orders_in_one_trainer(ray_local, tmp_path, capsys):
         export_model(tmp_path / "run", tmp_path / "model")
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
     one = run_experiment({"m": tiny_config(workers=1)}, tmp_path / "one", progress=False)["cll_clip_teir"]
     two = run_experiment({"m": tiny_config(workers=2)}, tmp_path / "two", progress=False)["cll_clip_teir"]
@@ -127,6 +126,7 @@ def _train_workers():
     return found
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path):
     run_dir = tmp_path / "run"
     storage = run_dir / "train"

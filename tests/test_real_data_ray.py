@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import ray
 import torch
 from realdata import reload_embeddings, write_coco36
 
@@ -18,13 +17,6 @@ from cll_ray.inference import compute_features
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 PROBES = ["a blue circle", "синий круг", "un cercle bleu"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, cli, cli_env, cluster_state, kill_tree, start_head, stop_head
+from helpers import REPO, cli, cluster_state, kill_tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -25,10 +25,8 @@ RESUME_TIMEOUT_S = 1200
 
 
 @pytest.fixture(scope="module")
-def env(cli_home):
-    env = start_head(cli_env(cli_home))
-    yield env
-    stop_head(env)
+def env(ray_head):
+    return ray_head  # the session's `ray start` head, shared with the job-submit test
 
 
 def finished_trials(sweep_dir: Path) -> dict[str, float]:

@@ -11,7 +11,7 @@ from cll_ray.continual import ContinualLearner
 from cll_ray.features import load_or_compute_features
 from cll_ray.importers import import_coco36
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def test_vit_b32_one_task_end_to_end(tmp_path):
