@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+DEFAULT_METHODS = "cll_clip,cll_clip_teir"  # `cll-ray run` without --methods or a named method
+
 # Set before Ray is imported: workers use this interpreter as it is (no per-job uv environment), quiet bars.
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -72,8 +74,18 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def run_configs(args: argparse.Namespace) -> dict:
+    """`cll-ray run`'s config per method: --methods, else the method the experiment file or an override names,
+    else the default pair."""
+    from cll_ray.config import load_config, method_list, named_method
+
+    overrides = run_overrides(args)
+    names = method_list(args.methods if args.methods is not None
+                        else named_method(args.config, overrides) or DEFAULT_METHODS)
+    return {m: load_config(args.config, method=m, overrides=overrides) for m in names}
+
+
 def _run(args: argparse.Namespace) -> int:
-    from cll_ray.config import load_config
     from cll_ray.driver import load_run_configs, run_experiment
     from cll_ray.report import main as report_main
 
@@ -83,10 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         configs = load_run_configs(run_dir)
         print(f"resuming {run_dir}: {', '.join(configs)}")
     else:
-        from cll_ray.config import method_list
-
-        overrides = run_overrides(args)
-        configs = {m: load_config(args.config, method=m, overrides=overrides) for m in method_list(args.methods)}
+        configs = run_configs(args)
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
@@ -295,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a continual-language-learning sequence and print the CL table")
     run.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=3e-5")
     run.add_argument("--config", help="experiment YAML (a small diff over the defaults)")
-    run.add_argument("--methods", default="cll_clip,cll_clip_teir", help="comma-separated method presets (cll_ray/configs/methods.yaml), or all")
+    run.add_argument("--methods", default=None, help="comma-separated method presets (cll_ray/configs/methods.yaml), "
+                     f"or all; default: the method.name the config or an override gives, else {DEFAULT_METHODS}")
     run.add_argument("--langs", help="comma-separated languages, or all (the 36 XM3600 ones); default: run.languages")
     run.add_argument("--order", help="given (default) | alphabetical | order<seed>, e.g. order222 (the paper's)")
     run.add_argument("--orders", type=int, help="K task orders per method: the given one, then K-1 seeded ones, "

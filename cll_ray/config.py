@@ -1,7 +1,8 @@
 """Typed, strict experiment configuration: frozen dataclasses, YAML files as data, dotted overrides.
 
-Merge order: dataclass defaults < ``configs/default.yaml`` < experiment YAML < method preset (``methods.yaml``,
-``inherit_from`` resolved) < dotted overrides (``train.lr=3e-5``). Unknown keys and wrong types are errors.
+Merge order: dataclass defaults < ``configs/default.yaml`` < method preset (``methods.yaml``, ``inherit_from``
+resolved) < experiment YAML < dotted overrides (``train.lr=3e-5``), key by key. Each default lives in one place:
+the dataclass field; YAML layers only set what they change. Unknown keys and wrong types are errors.
 """
 
 from __future__ import annotations
@@ -293,23 +294,64 @@ def method_list(text: str) -> list[str]:
 def load_config(
     experiment: str | Path | None = None, method: str | None = None, overrides: list[str] = ()
 ) -> ExperimentConfig:
-    """Resolve a config from defaults, an experiment YAML, a method preset and dotted overrides."""
+    """Resolve a config: dataclass defaults < ``default.yaml`` < the method preset < the experiment YAML < dotted
+    overrides, each later layer winning key by key.
+
+    The preset is ``method``, else the ``method.name`` an override or the experiment YAML gives, else
+    ``default.yaml``'s. A ``method.name`` in a later layer that names another preset is an error: the run would
+    train one method's settings and file them under another's name.
+    """
     values = _package_yaml("default.yaml")
-    if experiment:
-        path = Path(experiment)
-        if not path.exists():
-            raise ConfigError(f"experiment file not found: {path}")
-        _deep_update(values, load_yaml(path.read_text(encoding="utf-8")) or {})
-    parsed = [parse_override(o) for o in overrides]
-    method = method or next((o["method"]["name"] for o in parsed if "name" in o.get("method", {})), None)
-    method = method or values.get("method", {}).get("name")
-    if method:
-        values["method"] = method_presets()[method] if method in method_presets() else {"name": method}
-        if method not in method_presets():
-            raise ConfigError(f"unknown method '{method}' (known: {', '.join(sorted(method_presets()))})")
-    for o in parsed:
-        _deep_update(values, o)
+    experiment_values = load_experiment_yaml(experiment) if experiment else {}
+    layers = _named_layers(experiment, experiment_values, overrides)
+    named = _method_names(layers)
+    method = method or (named[-1][1] if named else values.get("method", {}).get("name", MethodConfig.name))
+    presets = method_presets()
+    if method not in presets:
+        raise ConfigError(f"unknown method '{method}' (known: {', '.join(sorted(presets))})")
+    for where, name in named:
+        if name != method:
+            raise ConfigError(f"{where} sets method.name={name}, but the method being run is '{method}': "
+                              f"run --methods {name}, or drop method.name (a preset's name is its own)")
+    _deep_update(values, {"method": presets[method]})
+    for _, layer in layers:
+        _deep_update(values, layer)
     return ExperimentConfig.from_dict(values)
+
+
+def _named_layers(experiment, experiment_values: dict, overrides) -> list[tuple[str, dict]]:
+    """The layers above the preset, in order, each with where it came from (for error messages)."""
+    return [(f"the experiment file {experiment}", experiment_values)] + [
+        (f"the override '{text}'", parse_override(text)) for text in overrides]
+
+
+def _method_names(layers: list[tuple[str, dict]]) -> list[tuple[str, Any]]:
+    return [(where, layer["method"]["name"]) for where, layer in layers
+            if isinstance(layer.get("method"), dict) and "name" in layer["method"]]
+
+
+def named_method(experiment: str | Path | None, overrides: list[str] = ()) -> str | None:
+    """The ``method.name`` the experiment YAML or an override gives (the last one), or None."""
+    named = _method_names(_named_layers(experiment, load_experiment_yaml(experiment) if experiment else {},
+                                        overrides))
+    return named[-1][1] if named else None
+
+
+def load_experiment_yaml(path: str | Path) -> dict:
+    """An experiment YAML (``--config``) as a mapping; a missing file or a YAML error names the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections (data, model, method, train, run), "
+                          f"got {type(values).__name__}")
+    return values
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -331,6 +373,7 @@ __all__ = [
     "load_config",
     "merge",
     "method_presets",
+    "named_method",
     "parse_override",
     "save_config",
 ]

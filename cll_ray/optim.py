@@ -21,7 +21,8 @@ import torch
 
 
 class RowScaledAdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 5e-5, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0):
+    def __init__(self, params, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
+        # no defaults here: the recipe's values live in TrainConfig alone
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rows=None, row_scale=None,
                         scale_grad=True, scale_decay=True)
         super().__init__(params, defaults)

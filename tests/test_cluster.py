@@ -17,8 +17,7 @@ import yaml
 from ray.autoscaler._private import util as autoscaler_util
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cll_ray.cli import build_parser
-from cll_ray.config import load_config, method_list
+from cll_ray.cli import build_parser, run_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -362,8 +361,7 @@ def test_documented_commands_parse_with_the_real_cli_and_config():
             if args.resume:
                 assert args.resume.startswith(SHARED) or args.resume == "RUN_DIR", (source, command)
                 continue
-            for method in method_list(args.methods):
-                load_config(args.config, method=method, overrides=args.overrides)  # unknown keys/types raise
+            run_configs(args)  # every method's config: unknown keys/types and contradicting names raise
             output_dir = _override(args.overrides, "run.output_dir")
             assert output_dir and output_dir.startswith("/"), f"{source}: relative run dir in {command!r}"
             if source in (f"cluster/{n}" for n in REAL_LAUNCHERS + KUBE_CLUSTERS):

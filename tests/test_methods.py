@@ -57,18 +57,18 @@ def test_teir_composes_with_every_method_through_inherit_from(base):
 
 
 def test_teir_ablation_presets():
-    p = method_presets()
-    flags = {n: (p[n].get("init"), p[n].get("grad_scale", False), p[n].get("decay_scale", False))
+    p = {n: load_config(method=n).method for n in method_presets()}
+    flags = {n: (p[n].init, p[n].grad_scale, p[n].decay_scale)
              for n in ("cll_clip_teir_init", "cll_clip_teir_grad", "cll_clip_teir_decay", "cll_clip_teir_gd",
                        "cll_clip_teir")}
     assert flags == {"cll_clip_teir_init": ("teir", False, False), "cll_clip_teir_grad": ("normal", True, False),
                      "cll_clip_teir_decay": ("normal", False, True), "cll_clip_teir_gd": ("normal", True, True),
                      "cll_clip_teir": ("teir", True, True)}
-    assert p["oewc"]["ewc_lambda"] == 1000.0 and p["oewc"]["ewc_gamma"] == 1.0
-    assert p["er"]["memory_size"] == 8000 and p["der"]["memory_size"] == 8000 and p["der"]["kind"] == "der"
-    assert p["lora"]["lora_rank"] == 8 and p["lora"]["lora_alpha"] == 8.0
-    assert p["mla"]["init"] == "teir" and p["mla"]["mla_embedding_init"] == "cll_expandable"  # mla.md notes
-    assert p["joint"]["kind"] == "joint" and p["joint"]["init"] == "normal"
+    assert p["oewc"].ewc_lambda == 1000.0 and p["oewc"].ewc_gamma == 1.0
+    assert p["er"].memory_size == 8000 and p["der"].memory_size == 8000 and p["der"].kind == "der"
+    assert p["lora"].lora_rank == 8 and p["lora"].lora_alpha == 8.0
+    assert p["mla"].init == "teir" and p["mla"].mla_embedding_init == "cll_expandable"  # mla.md notes
+    assert p["joint"].kind == "joint" and p["joint"].init == "normal"
 
 
 @pytest.mark.parametrize("preset, override, message", [

@@ -22,7 +22,7 @@ def _run(opt_factory, grads, w0):
 def test_all_rows_unit_scale_equals_torch_adamw():
     torch.manual_seed(0)
     w0, grads = torch.randn(6, 4), [torch.randn(6, 4) * 1e-3 for _ in range(5)]
-    ours, _ = _run(lambda ps: RowScaledAdamW([{"params": ps, "rows": torch.arange(6)}], lr=1e-2, eps=1e-6,
+    ours, _ = _run(lambda ps: RowScaledAdamW([{"params": ps, "rows": torch.arange(6)}], lr=1e-2, eps=1e-6, betas=(0.9, 0.999),
                                              weight_decay=0.05), grads, w0)
     ref, _ = _run(lambda ps: torch.optim.AdamW(ps, lr=1e-2, eps=1e-6, weight_decay=0.05), grads, w0)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
@@ -33,7 +33,7 @@ def test_teir_step_by_hand():
     w0 = torch.tensor([[1.0, -1.0], [2.0, 0.5], [3.0, 3.0], [-1.0, 4.0]])
     g = torch.tensor([[1e-6, -2e-6], [4e-6, 0.0], [1.0, 1.0], [-3e-6, 1e-6]])
     rows, scale = torch.tensor([1, 3]), torch.tensor([1.0, 0.5])  # row 0 and 2: r = 0 (not touched)
-    new, opt = _run(lambda ps: RowScaledAdamW([{"params": ps, "rows": rows, "row_scale": scale}], lr=lr, eps=eps,
+    new, opt = _run(lambda ps: RowScaledAdamW([{"params": ps, "rows": rows, "row_scale": scale}], lr=lr, eps=eps, betas=(0.9, 0.999),
                                               weight_decay=wd), [g], w0)
     # first step: m̂ = g̃, v̂ = g̃², so the update is g̃ / (|g̃| + ε), after decay θ(1 − lr·wd·r)
     for row, r in ((1, 1.0), (3, 0.5)):
@@ -52,7 +52,8 @@ def test_decay_without_gradient_scaling_reaches_every_row():
     lr, wd = 0.1, 0.05
     w0, g = torch.ones(3, 2), torch.zeros(3, 2)
     new, _ = _run(lambda ps: RowScaledAdamW([{"params": ps, "rows": torch.arange(3), "row_scale": torch.tensor([0.0, 1.0, 0.5]),
-                                              "scale_grad": True, "scale_decay": False}], lr=lr, weight_decay=wd), [g], w0)
+                                              "scale_grad": True, "scale_decay": False}], lr=lr, betas=(0.9, 0.999), eps=1e-6,
+                                             weight_decay=wd), [g], w0)
     torch.testing.assert_close(new, torch.full((3, 2), 1 - lr * wd))
 
 

@@ -29,7 +29,7 @@ class CLLCLIP(Method):
         return mu + self.cfg.teir_mu_shift, sigma * self.cfg.teir_sigma_scale
 
     def build_optimizer(self, embedding, other_params, row_scale, train: TrainConfig) -> torch.optim.Optimizer:
-        common = dict(lr=train.lr, betas=tuple(train.betas), eps=train.adam_eps)
+        common = dict(lr=train.lr, betas=tuple(train.betas), eps=train.adam_eps, weight_decay=train.weight_decay)
         # other trainable parameters (τ, adapters, LoRA, the tower under finetune_all): decay only ndim ≥ 2 (§4)
         others = [{"params": [p for p in other_params if p.dim() >= 2], "weight_decay": train.weight_decay},
                   {"params": [p for p in other_params if p.dim() < 2], "weight_decay": 0.0}]
