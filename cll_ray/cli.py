@@ -138,7 +138,6 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cll_ray.report import main as report_main
     from cll_ray.sweep_report import build_sweep_report, is_sweep_dir
 
     if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
@@ -146,7 +145,9 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{table}\n\nreport: {report}")
         return 0
 
-    return report_main(args.run_dirs + (["--out", args.out] if args.out else []))
+    from cll_ray.report import run as report_run
+
+    return report_run(args)
 
 
 def _data_import(args: argparse.Namespace) -> int:
@@ -328,10 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--quiet", action="store_true", help="no progress output")
     tun.set_defaults(func=_tune)
 
-    rep = sub.add_parser("report", help="rebuild report.md and plots from run directories, or from one sweep directory")
-    rep.add_argument("run_dirs", nargs="+")
-    rep.add_argument("--out", help="output folder (default: the first run directory)")
-    rep.set_defaults(func=_report)
+    from cll_ray.report import add_arguments as report_arguments
+
+    rep = sub.add_parser("report", help="rebuild report.md and plots from run directories, or from one sweep "
+                         "directory; --table prints the README's results table")
+    report_arguments(rep).set_defaults(func=_report)
     _add_model_commands(sub)
     return parser
 

@@ -261,6 +261,68 @@ def across_runs_table(results: Mapping[str, Sequence[Mapping]], metrics: Iterabl
     return _markdown(header, body)
 
 
+_SHORT_KEYS = {"plasticity": "plast."}
+
+
+def results_table(results: Mapping[str, Sequence[Mapping]], paper: Mapping[str, str] | None = None) -> str:
+    """The table the README and docs show: a row per method, T2I then I2T AA / F / Fen / plasticity after the last
+    task as mean ± std over the runs (task orders) that have it, and, given ``paper`` (method -> cell, from a
+    YAML of the paper's figures), the paper's numbers beside it."""
+    header = ["method", "runs"] + [f"{m.split('_')[0].upper()} {_SHORT_KEYS.get(k, k)}"
+                                   for m in ACROSS_METRICS for k in ACROSS_KEYS]
+    body = []
+    for method, runs in runs_by_method(results).items():
+        unfinished = [r for r in runs if len(r) < len(task_order(r))]
+        if unfinished:
+            raise ValueError(f"{method}: a run stopped after {len(unfinished[0])} of "
+                             f"{len(task_order(unfinished[0]))} tasks; a results table holds finished runs only")
+        finals = [rows[-1].get("cl", {}) for rows in runs]
+        body.append([f"`{method}`", str(len(runs))] + [
+            _mean_std([_value(cl.get(m, {}).get(k)) for cl in finals]) for m in ACROSS_METRICS for k in ACROSS_KEYS])
+    if paper is not None:
+        header.append(paper.get("header", "paper"))
+        for row, method in zip(body, runs_by_method(results)):
+            row.append(str(paper.get("methods", {}).get(method, "not in the paper")))
+    return _markdown(header, body)
+
+
+def load_paper(path: str | Path) -> dict:
+    """A YAML of the paper's figures: ``header`` (the column's title) and ``methods`` (method -> cell text)."""
+    from cll_ray.config import load_yaml
+
+    path = Path(path)
+    values = load_yaml(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not isinstance(values, dict) or not isinstance(values.get("methods"), dict):
+        raise ValueError(f"{path}: expected a YAML mapping with 'header' and 'methods' (method -> figures)")
+    return values
+
+
+def copy_results(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Copy what a results table is built from (each method's ``results.jsonl`` and ``config.yaml``, every task
+    order's, without checkpoints or events) into ``out``, which must not exist: written beside it, then renamed."""
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists (results are never overwritten; remove it first)")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for run in map(lambda p: Path(p).expanduser(), run_dirs):
+        for src in sorted(run.rglob(RESULTS_FILE)):
+            if "train" in src.relative_to(run).parts:
+                continue  # Ray Train's own folders (checkpoints) are not results
+            for name in (RESULTS_FILE, CONFIG_FILE):
+                if (src.parent / name).exists():
+                    dest = tmp / run.name / src.parent.relative_to(run) / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src.parent / name, dest)
+    if not tmp.exists():
+        raise FileNotFoundError(f"no {RESULTS_FILE} under {', '.join(map(str, run_dirs))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    return out
+
+
 def _task_header(results: Mapping[str, Sequence[Mapping]]) -> list[str]:
     """Column names ``1 en``, ``2 fr``... when every method follows the same order, else ``1``, ``2``..."""
     orders = [task_order(rows) for rows in results.values()]
@@ -545,11 +607,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``report`` sub-command's arguments (shared with ``cll_ray.cli``)."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or method folders)")
     parser.add_argument("--out", help="output folder for report.md and plots/ (default: the first RUN_DIR)")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the results table the README shows (mean ± std over runs); write nothing")
+    parser.add_argument("--paper", metavar="YAML", help="with --table: a column of the paper's figures from this "
+                        "file (results/paper.yaml)")
+    parser.add_argument("--copy-results", metavar="DIR", help="copy the runs' results.jsonl and config.yaml (no "
+                        "checkpoints) into DIR, e.g. results/<name>, and write nothing else")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.copy_results:
+        print(f"results copied to {copy_results(args.run_dirs, args.copy_results)}")
+        return 0
     results = collect_results(args.run_dirs)
+    if args.table:
+        print(results_table(results, load_paper(args.paper) if args.paper else None))
+        return 0
     report = _write_report(results, args.run_dirs, args.out)
     print(final_table(results))
     if any(len(runs) > 1 for runs in runs_by_method(results).values()):
@@ -565,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).parse_args(argv)
     try:
         return run(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
         print(f"cll-ray report: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ from cll_ray.report import (
     final_table,
     load_results,
     main,
+    results_table,
     runs_by_method,
 )
 from cll_ray.tracking import CL_TAG, EVAL_TAG, HPARAMS_RUN, MATRIX_TAG, TRAIN_TAG, Tracker
@@ -357,3 +358,39 @@ def test_methods_compared_across_runs(run_dir, tmp_path, capsys):
     assert "## Methods across runs" not in build_report([run_dir], out_dir=tmp_path / "one").read_text()
     assert main([str(run_dir), str(other), "--out", str(tmp_path / "cmp2")]) == 0
     assert table in capsys.readouterr().out
+
+
+def test_results_table_and_copied_results(run_dir, tmp_path, capsys):
+    """`report --table` prints what the README shows, from the copied results alone (no checkpoints, no events)."""
+    other = write_run(tmp_path / "runB", methods=("cll_clip",), like="cll_clip_teir")
+    (run_dir / "cll_clip" / "checkpoints").mkdir()
+    (run_dir / "cll_clip" / "checkpoints" / "learner.pt").write_bytes(b"weights")
+    (run_dir / "train" / "x" / "cll_clip").mkdir(parents=True)  # Ray Train's folder: never a result
+    (run_dir / "train" / "x" / "cll_clip" / "results.jsonl").write_text("{}\n")
+    assert main([str(run_dir), str(other), "--copy-results", str(tmp_path / "results" / "cmp")]) == 0
+    copied = sorted(p.relative_to(tmp_path / "results" / "cmp").as_posix()
+                    for p in (tmp_path / "results" / "cmp").rglob("*") if p.is_file())
+    assert copied == ["runA/cll_clip/config.yaml", "runA/cll_clip/results.jsonl", "runA/cll_clip_teir/config.yaml",
+                      "runA/cll_clip_teir/results.jsonl", "runB/cll_clip/config.yaml", "runB/cll_clip/results.jsonl"]
+    assert main([str(run_dir), "--copy-results", str(tmp_path / "results" / "cmp")]) == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+
+    paper = tmp_path / "paper.yaml"
+    paper.write_text("header: paper T2I AA\nmethods:\n  cll_clip: '17.6'\n")
+    capsys.readouterr()
+    assert main([*(str(p) for p in (tmp_path / "results" / "cmp").iterdir()), "--table", "--paper", str(paper)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == results_table(collect_results([run_dir, other]), {"header": "paper T2I AA",
+                                                                          "methods": {"cll_clip": "17.6"}})
+    lines = printed.splitlines()
+    assert lines[0] == ("| method | runs | T2I AA | T2I F | T2I Fen | T2I plast. | I2T AA | I2T F | I2T Fen | "
+                        "I2T plast. | paper T2I AA |")
+    assert lines[2].startswith("| `cll_clip` | 2 | 32.0 ± 3.0 | 3.8 ± 2.2 | 4.5 ± 2.5 | 34.5 ± 1.5 | 37.0 ± 3.0 |")
+    assert lines[2].endswith("| 17.6 |") and lines[3].endswith("| not in the paper |")
+    assert not (run_dir / "report.md").exists()  # --table writes nothing
+
+    short = write_run(tmp_path / "runC", methods=("cll_clip",))
+    rows = (short / "cll_clip" / "results.jsonl").read_text().splitlines()
+    (short / "cll_clip" / "results.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    with pytest.raises(ValueError, match="cll_clip: a run stopped after 2 of 3 tasks"):
+        results_table(collect_results([short]))
