@@ -264,14 +264,17 @@ def across_runs_table(results: Mapping[str, Sequence[Mapping]], metrics: Iterabl
 _SHORT_KEYS = {"plasticity": "plast."}
 
 
-def results_table(results: Mapping[str, Sequence[Mapping]], paper: Mapping[str, str] | None = None) -> str:
+def results_table(results: Mapping[str, Sequence[Mapping]], paper: Mapping[str, str] | None = None,
+                  by_run: bool = False) -> str:
     """The table the README and docs show: a row per method, T2I then I2T AA / F / Fen / plasticity after the last
     task as mean ± std over the runs (task orders) that have it, and, given ``paper`` (method -> cell, from a
-    YAML of the paper's figures), the paper's numbers beside it."""
+    YAML of the paper's figures), the paper's numbers beside it. ``by_run``: a row per run and method instead
+    (runs that differ in more than the task order)."""
     header = ["method", "runs"] + [f"{m.split('_')[0].upper()} {_SHORT_KEYS.get(k, k)}"
                                    for m in ACROSS_METRICS for k in ACROSS_KEYS]
     body = []
-    for method, runs in runs_by_method(results).items():
+    groups = {label: [rows] for label, rows in results.items()} if by_run else runs_by_method(results)
+    for method, runs in groups.items():
         unfinished = [r for r in runs if len(r) < len(task_order(r))]
         if unfinished:
             raise ValueError(f"{method}: a run stopped after {len(unfinished[0])} of "
@@ -281,8 +284,8 @@ def results_table(results: Mapping[str, Sequence[Mapping]], paper: Mapping[str, 
             _mean_std([_value(cl.get(m, {}).get(k)) for cl in finals]) for m in ACROSS_METRICS for k in ACROSS_KEYS])
     if paper is not None:
         header.append(paper.get("header", "paper"))
-        for row, method in zip(body, runs_by_method(results)):
-            row.append(str(paper.get("methods", {}).get(method, "not in the paper")))
+        for row, label in zip(body, groups):
+            row.append(str(paper.get("methods", {}).get(method_name(label), "not in the paper")))
     return _markdown(header, body)
 
 
@@ -609,6 +612,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", help="output folder for report.md and plots/ (default: the first RUN_DIR)")
     parser.add_argument("--table", action="store_true",
                         help="only print the results table the README shows (mean ± std over runs); write nothing")
+    parser.add_argument("--by-run", action="store_true", help="with --table: a row per run and method (runs that "
+                        "differ in more than the task order), not mean ± std per method")
     parser.add_argument("--paper", metavar="YAML", help="with --table: a column of the paper's figures from this "
                         "file (results/paper.yaml)")
     parser.add_argument("--copy-results", metavar="DIR", help="copy the runs' results.jsonl and config.yaml (no "
@@ -622,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results = collect_results(args.run_dirs)
     if args.table:
-        print(results_table(results, load_paper(args.paper) if args.paper else None))
+        print(results_table(results, load_paper(args.paper) if args.paper else None, by_run=args.by_run))
         return 0
     report = _write_report(results, args.run_dirs, args.out)
     print(final_table(results))

@@ -394,3 +394,11 @@ def test_results_table_and_copied_results(run_dir, tmp_path, capsys):
     (short / "cll_clip" / "results.jsonl").write_text("\n".join(rows[:2]) + "\n")
     with pytest.raises(ValueError, match="cll_clip: a run stopped after 2 of 3 tasks"):
         results_table(collect_results([short]))
+
+
+def test_results_table_by_run_keeps_runs_apart(run_dir, tmp_path):
+    other = write_run(tmp_path / "runB", methods=("cll_clip",), like="cll_clip_teir")
+    lines = results_table(collect_results([run_dir, other]), by_run=True).splitlines()
+    assert [line.split(" | ")[0:2] for line in lines[2:]] == [["| `runA/cll_clip`", "1"], ["| `cll_clip_teir`", "1"],
+                                                              ["| `runB/cll_clip`", "1"]]
+    assert lines[2].split(" | ")[2] == "29.0" and lines[4].split(" | ")[2] == "35.0"
