@@ -73,24 +73,28 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cll_ray.config import load_config
-    from cll_ray.driver import load_run_configs, run_experiment
-    from cll_ray.report import main as report_main
+    from cll_ray.config import load_config, method_list
 
     started = time.time()
     if args.resume:
+        from cll_ray.checkpoint import check_resumable
+        from cll_ray.driver import load_run_configs
+
         run_dir = Path(args.resume).expanduser().resolve()
         configs = load_run_configs(run_dir)
-        print(f"resuming {run_dir}: {', '.join(configs)}")
+        found = check_resumable(run_dir, configs)  # a corrupt checkpoint stops here, before Ray starts
+        print(f"resuming {run_dir}: " + "; ".join(f"{m} {found[m]}" for m in configs))
     else:
-        from cll_ray.config import method_list
-
+        # every option is checked before the heavy imports below (Ray, torch): a bad one exits at once
         overrides = run_overrides(args)
         configs = {m: load_config(args.config, method=m, overrides=overrides) for m in method_list(args.methods)}
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
+    from cll_ray.driver import run_experiment
+    from cll_ray.report import main as report_main
+
     run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
     print()
     report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
@@ -144,7 +148,8 @@ def _data_import(args: argparse.Namespace) -> int:
     from cll_ray.importers import import_coco36, import_xm3600, parse_carve
 
     langs = args.langs.split(",") if args.langs else None
-    common = {"langs": langs, "skip_bad": args.skip_bad, "embed_images": args.embed_images, "progress": True}
+    common = {"langs": langs, "skip_bad": args.skip_bad, "embed_images": args.embed_images, "progress": True,
+              "overwrite": args.overwrite}
     if args.source == "xm3600":
         report = import_xm3600(args.src, args.images, args.out, carve=parse_carve(args.carve), **common)
     else:
@@ -158,7 +163,10 @@ def _data_import(args: argparse.Namespace) -> int:
 def _data_add_language(args: argparse.Namespace) -> int:
     from cll_ray.importers import add_language
 
-    report = add_language(args.dataset, args.lang, args.captions, skip_bad=args.skip_bad, overwrite=args.overwrite)
+    report = add_language(args.dataset, args.lang, args.captions, out=args.out, in_place=args.in_place,
+                          skip_bad=args.skip_bad, overwrite=args.overwrite, ignore_columns=args.ignore_columns)
+    for warning in report.warnings:
+        print(f"cll-ray: warning: {warning}", file=sys.stderr)
     print(report.format())
     return 0
 
@@ -250,7 +258,10 @@ def _add_import_commands(data_sub) -> None:
     imp.add_argument("--src", required=True,
                      help="xm3600: captions.jsonl; coco36: the folder with triplet/ and annotations/")
     imp.add_argument("--images", required=True, help="the image folder (xm3600: <key>.jpg; coco36: the COCO root)")
-    imp.add_argument("--out", required=True, help="dataset folder to write (atomically)")
+    imp.add_argument("--out", required=True, help="dataset folder to write (atomically); new or empty, "
+                     "unless --overwrite")
+    imp.add_argument("--overwrite", action="store_true", help="replace the dataset an earlier import wrote to "
+                     "--out: only the files its manifest lists; other files there stay")
     imp.add_argument("--langs", help="comma-separated languages (default: all in the source)")
     imp.add_argument("--skip-bad", action="store_true", help="leave bad records out (reported) instead of stopping")
     imp.add_argument("--embed-images", action="store_true",
@@ -263,8 +274,14 @@ def _add_import_commands(data_sub) -> None:
     add.add_argument("dataset")
     add.add_argument("--lang", required=True, help="language code, e.g. sw")
     add.add_argument("--captions", required=True, help="CSV, TSV, JSONL or Parquet: image_id, caption[, caption_en, split]")
+    add.add_argument("--out", help="write the result as a new dataset here; it shares the unchanged files with "
+                     "DATASET by hard link, and DATASET stays as it is")
+    add.add_argument("--in-place", action="store_true", help="change DATASET itself instead (never the SynthXM "
+                     "cache that default runs use)")
     add.add_argument("--skip-bad", action="store_true", help="leave bad rows out (reported) instead of stopping")
     add.add_argument("--overwrite", action="store_true", help="replace the language if the dataset has it")
+    add.add_argument("--ignore-columns", action="store_true", help="ignore unknown columns (named in a warning) "
+                     "instead of stopping")
     add.set_defaults(func=_data_add_language)
 
 
@@ -337,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *misplaced]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # bad input: one line naming the file or key, exit code 2
         print(f"cll-ray: error: {e}", file=sys.stderr)
         return 2
 
