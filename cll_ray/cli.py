@@ -39,6 +39,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     dataset = Path(args.data) if args.data else synthxm_dir(cll_ray_home(), args.size, args.data_seed)
     if not args.data:
         generate_synthxm(dataset, size=args.size, seed=args.data_seed, progress=True)
+    if args.out:
+        from cll_ray.io import check_replaceable
+
+        check_replaceable(args.out, "base.json", "a base model folder")  # before training, not after
     cfg = PretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     base, folder, cached = load_or_pretrain(dataset, cll_ray_home(), cfg, progress=True)
     if args.out:
@@ -61,8 +65,8 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     from cll_ray.orders import resolve_order
 
     overrides = list(args.overrides)
-    if args.langs or args.order:
-        if not args.langs:
+    if args.langs is not None or args.order:
+        if args.langs is None:
             raise ValueError("--order needs --langs (a comma-separated list, or all)")
         overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
     if args.workers is not None:
@@ -180,20 +184,43 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonblank(texts: list[str], what: str) -> list[str]:
+    blank = [i for i, t in enumerate(texts, 1) if not t.strip()]
+    if blank:
+        raise ValueError(f"{what} {', '.join(map(str, blank))} of {len(texts)} is empty; expected text to encode")
+    return texts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _embed(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
 
     from cll_ray.exported import ExportedModel
+    from cll_ray.io import atomic_write_with
 
+    _nonblank(args.texts, "text")
+    if args.format == "npy" and not args.out:
+        raise ValueError("--format npy needs --out FILE.npy")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
     vectors = model.encode_text(args.texts, normalize=not args.no_normalize)
     if args.format == "npy":
-        if not args.out:
-            raise ValueError("--format npy needs --out FILE.npy")
-        np.save(args.out, vectors)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+                np.save(f, vectors, allow_pickle=False)
+
+        atomic_write_with(args.out, write)
         print(f"{args.out}: {vectors.shape[0]} x {vectors.shape[1]} float32")
     else:
         print(json.dumps({"model": str(args.model), "lang": args.lang, "dim": int(vectors.shape[1]),
@@ -207,6 +234,7 @@ def _search(args: argparse.Namespace) -> int:
 
     from cll_ray.exported import ExportedModel
 
+    _nonblank(args.queries, "query")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
     ranked = model.search(args.queries, args.images, top_k=args.top_k)
@@ -226,7 +254,7 @@ def _add_model_commands(sub) -> None:
     exp = sub.add_parser("export", help="export a run's model after task N as an open_clip-loadable folder")
     exp.add_argument("run_dir")
     exp.add_argument("--task", type=int, help="1-based task number (default: the last checkpointed task)")
-    exp.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    exp.add_argument("--out", required=True, help="output folder: new, empty or an earlier export (replaced atomically)")
     exp.add_argument("--method", help="which method of the run (needed when it has several)")
     exp.set_defaults(func=_export)
 
@@ -244,7 +272,7 @@ def _add_model_commands(sub) -> None:
     sea.add_argument("queries", nargs="+")
     sea.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
     sea.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    sea.add_argument("--top-k", type=int, default=5)
+    sea.add_argument("--top-k", type=_positive_int, default=5, help="results per query (at least 1)")
     sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it")
     sea.add_argument("--json", action="store_true", help="print JSON instead of a ranked list")
     sea.add_argument("--device", help="cpu | cuda (default: cuda when available)")

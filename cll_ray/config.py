@@ -35,13 +35,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str, source: str = "YAML"):
+def load_yaml(text: str, source: str = "YAML", lines: bool = False):
     """Parse YAML text; a syntax error is a ConfigError naming ``source`` and the line (not a parser traceback)."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        where = f"{source}:{mark.line + 1}" if lines and mark is not None else source
         problem = " ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p) or str(e)
         raise ConfigError(f"{where}: not valid YAML ({problem})") from e
 
@@ -55,7 +55,7 @@ def load_yaml_file(path: str | Path):
         raise ConfigError(f"{path}: not UTF-8 text ({e})") from e
     except IsADirectoryError as e:
         raise ConfigError(f"{path}: is a folder; expected a YAML file") from e
-    return load_yaml(text, str(path))
+    return load_yaml(text, str(path), lines=True)
 
 
 @dataclass(frozen=True)
@@ -385,6 +385,13 @@ _CHOICES = {
     "data.synthxm_size": ("tiny", "small", "default", "large"),
 }
 
+_OPTIONS = {"run.orders": "--orders", "run.num_workers": "--workers", "run.languages": "--langs"}  # cll-ray run's
+
+
+def _key(key: str) -> str:
+    option = _OPTIONS.get(key.partition("[")[0])
+    return f"{key} ({option})" if option else key
+
 
 def _allowed(value, low: float, high: float, low_in: bool, high_in: bool) -> str:
     parts = [f"{'>=' if low_in else '>'} {low:g}" if low > -math.inf else "",
@@ -407,11 +414,11 @@ def config_problems(cfg: ExperimentConfig) -> list[str]:
         v = value(key)
         ok = math.isfinite(v) and (low <= v if low_in else low < v) and (v <= high if high_in else v < high)
         if not ok:
-            problems.append(f"{key} = {v!r}: expected {_allowed(v, low, high, low_in, high_in)}")
+            problems.append(f"{_key(key)} = {v!r}: expected {_allowed(v, low, high, low_in, high_in)}")
     for key, choices in _CHOICES.items():
         if value(key) not in choices:
-            problems.append(f"{key} = {value(key)!r}: expected one of {', '.join(choices)}")
-    problems += language_problems(cfg.run.languages, "run.languages")
+            problems.append(f"{_key(key)} = {value(key)!r}: expected one of {', '.join(choices)}")
+    problems += language_problems(cfg.run.languages, _key("run.languages"))
     return problems
 
 

@@ -28,6 +28,7 @@ from cll_ray.config import ExperimentConfig, load_yaml_file, save_config
 from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
+from cll_ray.io import atomic_write_text
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
@@ -311,7 +312,7 @@ def run_experiment(
         raise RuntimeError(f"method {name} failed: {error}") from error
     summary = {m: {"seconds": o["seconds"], "tasks": o["return_value"]["tasks"],
                    "embedding_checksums": o["return_value"]["embedding_checksums"]} for m, o in outcomes.items()}
-    (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return outcomes
 
 

@@ -187,7 +187,7 @@ def test_add_language_from_each_format(coco, tmp_path, fmt):
         path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()), encoding="utf-8")
     else:
         pq.write_table(table, path)
-    report = add_language(coco, "sw", path)
+    report = add_language(coco, "sw", path, in_place=True)
     assert report.captions == {"sw": {"train": 2, "val": 1}} and not report.bad
     assert ds.dataset_languages(coco)[-1] == "sw"
     train = ds.read_captions(coco, "sw", splits=("train",), require_english=True)  # sources filled from English
@@ -196,7 +196,7 @@ def test_add_language_from_each_format(coco, tmp_path, fmt):
     manifest = ds.read_manifest(coco)
     assert manifest["captions"]["sw"] == 3 and "captions/lang=sw/part-0.parquet" in manifest["files"]
     with pytest.raises(ValueError, match="already has language 'sw'"):
-        add_language(coco, "sw", path)
+        add_language(coco, "sw", path, in_place=True)
 
 
 def test_add_language_bad_rows(coco, tmp_path, capsys):
@@ -210,11 +210,13 @@ def test_add_language_bad_rows(coco, tmp_path, capsys):
         "train2014/COCO_train2014_000000000001.jpg,mraba mwekundu,sw\n",  # line 6: duplicate of line 2
         encoding="utf-8")
     before = ds.read_manifest(coco)
-    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path)]) == 2
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--in-place"]) == 2
     assert_reported(capsys.readouterr().err, [(path, 3, "missing image"), (path, 4, "empty caption"),
                                               (path, 5, "unknown language"), (path, 6, "duplicate id")])
     assert ds.read_manifest(coco) == before and not (coco / "captions" / "lang=sw").exists()
-    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--skip-bad"]) == 0
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--skip-bad",
+                 "--in-place"]) == 0
     assert "skipped 4 bad record(s)" in capsys.readouterr().out
     assert len(read_all(coco, "sw")) == 1
-    assert main(["data", "add-language", str(coco), "--lang", "Not A Code", "--captions", str(path)]) == 2
+    assert main(["data", "add-language", str(coco), "--lang", "Not A Code", "--captions", str(path),
+                 "--in-place"]) == 2
