@@ -17,7 +17,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cll_ray.dataset import DataError
-from cll_ray.layout import CAPTIONS_SCHEMA, IMAGES_FILE, IMAGES_SCHEMA, MANIFEST_FILE, SPLITS, captions_file
+from cll_ray.layout import (
+    CAPTIONS_SCHEMA,
+    IMAGES_FILE,
+    IMAGES_SCHEMA,
+    MANIFEST_FILE,
+    SPLITS,
+    captions_file,
+    data_home,
+)
 from cll_ray.writer import ROW_GROUP, DatasetWriter, previous_dataset_files
 
 IMPORTER_VERSION = "1.0.0"
@@ -182,9 +190,7 @@ def image_chunks(images: dict[str, tuple[str, str]], image_root: Path, embed: bo
 
 def check_not_cache(path: str | Path, what: str) -> None:
     """Refuse to change a dataset inside the SynthXM cache: every default run reads it as generated."""
-    from cll_ray.sequence import cll_ray_home
-
-    cache = cll_ray_home() / "synthxm"
+    cache = data_home() / "synthxm"  # sequence.synthxm_dir's parent
     resolved = Path(path).expanduser().resolve()
     if resolved == cache or cache in resolved.parents:
         raise ValueError(f"{path}: is in the SynthXM cache ({cache}), which default runs read as generated; "
