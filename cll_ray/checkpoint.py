@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from cll_ray.config import ExperimentConfig
+from cll_ray.config import ExperimentConfig, load_yaml_file
 from cll_ray.io import atomic_path
 
 FORMAT = "cll-ray-checkpoint/1"
@@ -97,3 +97,14 @@ def check_resumable(run_dir: Path, configs: dict[str, ExperimentConfig]) -> dict
                     latest = f"after task {len(tasks)} ({tasks[-1]['lang']}), from {path}"
         found[method] = latest or "from task 1 (no task checkpoint yet)"
     return found
+
+
+def load_run_configs(run_dir: Path) -> dict[str, ExperimentConfig]:
+    """The per-method resolved configs of an existing run directory (for --resume)."""
+    configs = {}
+    for path in sorted(Path(run_dir).glob("*/config.yaml")):
+        cfg = ExperimentConfig.from_dict(load_yaml_file(path))
+        configs[cfg.method.name] = cfg
+    if not configs:
+        raise FileNotFoundError(f"{run_dir}: no <method>/config.yaml found; not a cll-ray run directory")
+    return configs

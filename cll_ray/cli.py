@@ -81,8 +81,7 @@ def _run(args: argparse.Namespace) -> int:
 
     started = time.time()
     if args.resume:
-        from cll_ray.checkpoint import check_resumable
-        from cll_ray.driver import load_run_configs
+        from cll_ray.checkpoint import check_resumable, load_run_configs  # no Ray import: fails fast
 
         run_dir = Path(args.resume).expanduser().resolve()
         configs = load_run_configs(run_dir)

@@ -44,7 +44,7 @@ def test_norwegian_is_a_language_not_a_boolean(tmp_path):
     cfg = load_config(overrides=["run.languages=[en, no, sv]"])
     assert cfg.run.languages == ("en", "no", "sv")
     save_config(cfg, tmp_path / "c.yaml")
-    from cll_ray.driver import load_run_configs
+    from cll_ray.checkpoint import load_run_configs
 
     (tmp_path / "m").mkdir()
     (tmp_path / "c.yaml").rename(tmp_path / "m" / "config.yaml")

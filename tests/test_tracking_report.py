@@ -357,3 +357,22 @@ def test_methods_compared_across_runs(run_dir, tmp_path, capsys):
     assert "## Methods across runs" not in build_report([run_dir], out_dir=tmp_path / "one").read_text()
     assert main([str(run_dir), str(other), "--out", str(tmp_path / "cmp2")]) == 0
     assert table in capsys.readouterr().out
+
+
+def test_a_report_killed_while_writing_leaves_the_previous_one(run_dir, monkeypatch):
+    from pathlib import Path
+
+    report = build_report([run_dir])
+    before = {p: p.read_bytes() for p in [report, *(run_dir / "plots").iterdir()]}
+    real = Path.write_text
+
+    def half_then_killed(self, text, *args, **kwargs):  # the process dies halfway through the new report.md
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([run_dir])
+    monkeypatch.setattr(Path, "write_text", real)
+    assert report.read_bytes() == before[report]  # the previous complete report, not half a new one
+    assert not [p for p in run_dir.rglob(".*") if p.name.endswith(".tmp")]
