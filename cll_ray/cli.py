@@ -36,13 +36,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     from cll_ray.sequence import cll_ray_home, synthxm_dir
     from cll_ray.synthxm import generate_synthxm
 
-    dataset = Path(args.data) if args.data else synthxm_dir(cll_ray_home(), args.size, args.data_seed)
-    if not args.data:
-        generate_synthxm(dataset, size=args.size, seed=args.data_seed, progress=True)
     if args.out:
         from cll_ray.io import check_replaceable
 
-        check_replaceable(args.out, "base.json", "a base model folder")  # before training, not after
+        check_replaceable(args.out, "base.json", "a base model folder")  # before any work, not after
+    dataset = Path(args.data) if args.data else synthxm_dir(cll_ray_home(), args.size, args.data_seed)
+    if not args.data:
+        generate_synthxm(dataset, size=args.size, seed=args.data_seed, progress=True)
     cfg = PretrainConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     base, folder, cached = load_or_pretrain(dataset, cll_ray_home(), cfg, progress=True)
     if args.out:
