@@ -38,6 +38,10 @@ def _pretrain(args: argparse.Namespace) -> int:
     from cll_ray.sequence import cll_ray_home, synthxm_dir
     from cll_ray.synthxm import generate_synthxm
 
+    if args.out:
+        from cll_ray.io import check_replaceable
+
+        check_replaceable(args.out, "base.json", "a base model folder")  # before any work, not after
     dataset = Path(args.data) if args.data else synthxm_dir(cll_ray_home(), args.size, args.data_seed)
     if not args.data:
         generate_synthxm(dataset, size=args.size, seed=args.data_seed, progress=True)
@@ -63,8 +67,8 @@ def run_overrides(args: argparse.Namespace) -> list[str]:
     from cll_ray.orders import resolve_order
 
     overrides = list(args.overrides)
-    if args.langs or args.order:
-        if not args.langs:
+    if args.langs is not None or args.order:
+        if args.langs is None:
             raise ValueError("--order needs --langs (a comma-separated list, or all)")
         overrides.append(f"run.languages=[{','.join(resolve_order(args.langs, args.order))}]")
     if args.workers is not None:
@@ -86,20 +90,24 @@ def run_configs(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cll_ray.driver import load_run_configs, run_experiment
-    from cll_ray.report import main as report_main
 
     started = time.time()
     if args.resume:
+        from cll_ray.checkpoint import check_resumable, load_run_configs  # no Ray import: fails fast
+
         run_dir = Path(args.resume).expanduser().resolve()
         configs = load_run_configs(run_dir)
-        print(f"resuming {run_dir}: {', '.join(configs)}")
+        found = check_resumable(run_dir, configs)  # a corrupt checkpoint stops here, before Ray starts
+        print(f"resuming {run_dir}: " + "; ".join(f"{m} {found[m]}" for m in configs))
     else:
-        configs = run_configs(args)
+        configs = run_configs(args)  # every option is checked before the heavy imports below (Ray, torch)
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
+    from cll_ray.driver import run_experiment
+    from cll_ray.report import main as report_main
+
     run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
     print()
     report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
@@ -154,7 +162,8 @@ def _data_import(args: argparse.Namespace) -> int:
     from cll_ray.importers import import_coco36, import_xm3600, parse_carve
 
     langs = args.langs.split(",") if args.langs else None
-    common = {"langs": langs, "skip_bad": args.skip_bad, "embed_images": args.embed_images, "progress": True}
+    common = {"langs": langs, "skip_bad": args.skip_bad, "embed_images": args.embed_images, "progress": True,
+              "overwrite": args.overwrite}
     if args.source == "xm3600":
         report = import_xm3600(args.src, args.images, args.out, carve=parse_carve(args.carve), **common)
     else:
@@ -168,7 +177,10 @@ def _data_import(args: argparse.Namespace) -> int:
 def _data_add_language(args: argparse.Namespace) -> int:
     from cll_ray.importers import add_language
 
-    report = add_language(args.dataset, args.lang, args.captions, skip_bad=args.skip_bad, overwrite=args.overwrite)
+    report = add_language(args.dataset, args.lang, args.captions, out=args.out, in_place=args.in_place,
+                          skip_bad=args.skip_bad, overwrite=args.overwrite, ignore_columns=args.ignore_columns)
+    for warning in report.warnings:
+        print(f"cll-ray: warning: {warning}", file=sys.stderr)
     print(report.format())
     return 0
 
@@ -182,20 +194,43 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonblank(texts: list[str], what: str) -> list[str]:
+    blank = [i for i, t in enumerate(texts, 1) if not t.strip()]
+    if blank:
+        raise ValueError(f"{what} {', '.join(map(str, blank))} of {len(texts)} is empty; expected text to encode")
+    return texts
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _embed(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
 
     from cll_ray.exported import ExportedModel
+    from cll_ray.io import atomic_write_with
 
+    _nonblank(args.texts, "text")
+    if args.format == "npy" and not args.out:
+        raise ValueError("--format npy needs --out FILE.npy")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
     vectors = model.encode_text(args.texts, normalize=not args.no_normalize)
     if args.format == "npy":
-        if not args.out:
-            raise ValueError("--format npy needs --out FILE.npy")
-        np.save(args.out, vectors)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+                np.save(f, vectors, allow_pickle=False)
+
+        atomic_write_with(args.out, write)
         print(f"{args.out}: {vectors.shape[0]} x {vectors.shape[1]} float32")
     else:
         print(json.dumps({"model": str(args.model), "lang": args.lang, "dim": int(vectors.shape[1]),
@@ -209,6 +244,7 @@ def _search(args: argparse.Namespace) -> int:
 
     from cll_ray.exported import ExportedModel
 
+    _nonblank(args.queries, "query")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
     ranked = model.search(args.queries, args.images, top_k=args.top_k)
@@ -228,7 +264,7 @@ def _add_model_commands(sub) -> None:
     exp = sub.add_parser("export", help="export a run's model after task N as an open_clip-loadable folder")
     exp.add_argument("run_dir")
     exp.add_argument("--task", type=int, help="1-based task number (default: the last checkpointed task)")
-    exp.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    exp.add_argument("--out", required=True, help="output folder: new, empty or an earlier export (replaced atomically)")
     exp.add_argument("--method", help="which method of the run (needed when it has several)")
     exp.set_defaults(func=_export)
 
@@ -246,7 +282,7 @@ def _add_model_commands(sub) -> None:
     sea.add_argument("queries", nargs="+")
     sea.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
     sea.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    sea.add_argument("--top-k", type=int, default=5)
+    sea.add_argument("--top-k", type=_positive_int, default=5, help="results per query (at least 1)")
     sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it")
     sea.add_argument("--json", action="store_true", help="print JSON instead of a ranked list")
     sea.add_argument("--device", help="cpu | cuda (default: cuda when available)")
@@ -260,7 +296,10 @@ def _add_import_commands(data_sub) -> None:
     imp.add_argument("--src", required=True,
                      help="xm3600: captions.jsonl; coco36: the folder with triplet/ and annotations/")
     imp.add_argument("--images", required=True, help="the image folder (xm3600: <key>.jpg; coco36: the COCO root)")
-    imp.add_argument("--out", required=True, help="dataset folder to write (atomically)")
+    imp.add_argument("--out", required=True, help="dataset folder to write (atomically); new or empty, "
+                     "unless --overwrite")
+    imp.add_argument("--overwrite", action="store_true", help="replace the dataset an earlier import wrote to "
+                     "--out: only the files its manifest lists; other files there stay")
     imp.add_argument("--langs", help="comma-separated languages (default: all in the source)")
     imp.add_argument("--skip-bad", action="store_true", help="leave bad records out (reported) instead of stopping")
     imp.add_argument("--embed-images", action="store_true",
@@ -273,8 +312,14 @@ def _add_import_commands(data_sub) -> None:
     add.add_argument("dataset")
     add.add_argument("--lang", required=True, help="language code, e.g. sw")
     add.add_argument("--captions", required=True, help="CSV, TSV, JSONL or Parquet: image_id, caption[, caption_en, split]")
+    add.add_argument("--out", help="write the result as a new dataset here; it shares the unchanged files with "
+                     "DATASET by hard link, and DATASET stays as it is")
+    add.add_argument("--in-place", action="store_true", help="change DATASET itself instead (never the SynthXM "
+                     "cache that default runs use)")
     add.add_argument("--skip-bad", action="store_true", help="leave bad rows out (reported) instead of stopping")
     add.add_argument("--overwrite", action="store_true", help="replace the language if the dataset has it")
+    add.add_argument("--ignore-columns", action="store_true", help="ignore unknown columns (named in a warning) "
+                     "instead of stopping")
     add.set_defaults(func=_data_add_language)
 
 
@@ -349,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *misplaced]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # bad input: one line naming the file or key, exit code 2
         print(f"cll-ray: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ the dataclass field; YAML layers only set what they change. Unknown keys and wro
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -35,8 +36,27 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def load_yaml(text: str, source: str = "YAML", lines: bool = False):
+    """Parse YAML text; a syntax error is a ConfigError naming ``source`` and the line (not a parser traceback)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{source}:{mark.line + 1}" if lines and mark is not None else source
+        problem = " ".join(str(p) for p in (getattr(e, "context", None), getattr(e, "problem", None)) if p) or str(e)
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from e
+
+
+def load_yaml_file(path: str | Path):
+    """A YAML file's contents; unreadable or malformed files are a ConfigError naming the file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e})") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"{path}: is a folder; expected a YAML file") from e
+    return load_yaml(text, str(path), lines=True)
 
 
 @dataclass(frozen=True)
@@ -138,10 +158,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.train.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got '{self.train.precision}'")
-        if self.run.orders < 1:
-            raise ConfigError(f"run.orders (--orders) must be at least 1, got {self.run.orders}")
+        validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -231,7 +248,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    return dotted(key.strip(), load_yaml(raw) if raw != "" else "")
+    return dotted(key.strip(), load_yaml(raw, f"override '{text}'") if raw != "" else "")
 
 
 def dotted(key: str, value: Any) -> dict[str, Any]:
@@ -342,12 +359,7 @@ def load_experiment_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"experiment file not found: {path}")
-    try:
-        values = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    values = load_yaml_file(path) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections (data, model, method, train, run), "
                           f"got {type(values).__name__}")
@@ -359,6 +371,122 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     from cll_ray.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------ value validation
+# Every config is checked when it is built (ExperimentConfig.__post_init__), so a value that would fail late,
+# or run wrongly, stops before anything is written or Ray starts. Types are checked by `merge`; ranges here.
+
+_FINITE = (-math.inf, math.inf)
+# key -> (low, high, low inclusive, high inclusive); every bound is also a finite number (no nan, no inf)
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "model.language_vocab_size": (1, math.inf, True, False),
+    "method.init_mean": (*_FINITE, False, False),
+    "method.init_std": (0, math.inf, True, False),
+    "method.teir_sigma_scale": (0, math.inf, True, False),
+    "method.teir_mu_shift": (*_FINITE, False, False),
+    "method.freq_power": (0, math.inf, True, False),
+    "method.cross_lingual_weight": (0, math.inf, True, False),
+    "method.cross_modal_weight": (0, math.inf, True, False),
+    "method.temperature": (0, math.inf, False, False),
+    "method.ewc_lambda": (0, math.inf, True, False),
+    "method.ewc_gamma": (0, math.inf, True, False),
+    "method.memory_size": (1, math.inf, True, False),
+    "method.replay_weight": (0, math.inf, True, False),
+    "method.lwf_weight": (0, math.inf, True, False),
+    "method.lora_rank": (1, math.inf, True, False),
+    "method.lora_alpha": (0, math.inf, False, False),
+    "method.adapter_width": (0, math.inf, True, False),
+    "method.mla_nlt_epochs": (0, math.inf, True, False),
+    "method.mla_le_epochs": (0, math.inf, True, False),
+    "method.mla_le_temperature": (0, math.inf, False, False),
+    "method.joint_vocab_size": (0, math.inf, True, False),
+    "train.lr": (0, math.inf, False, False),
+    "train.weight_decay": (0, math.inf, True, False),
+    "train.adam_eps": (0, math.inf, False, False),
+    "train.betas[0]": (0, 1, True, False),
+    "train.betas[1]": (0, 1, True, False),
+    "train.epochs": (1, math.inf, True, False),
+    "train.batch_size": (1, math.inf, True, False),
+    "train.warmup_ratio": (0, 1, True, False),
+    "train.grad_clip": (0, math.inf, False, False),
+    "train.eval_batch_size": (1, math.inf, True, False),
+    "run.orders": (1, math.inf, True, False),
+    "run.num_workers": (0, math.inf, True, False),
+    "run.cpus_per_worker": (0, math.inf, False, False),
+    "run.max_failures": (-1, math.inf, True, False),  # -1: retry forever (Ray's convention)
+}
+_CHOICES = {
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "method.init": ("normal", "teir"),
+    "data.synthxm_size": ("tiny", "small", "default", "large"),
+}
+
+_OPTIONS = {"run.orders": "--orders", "run.num_workers": "--workers", "run.languages": "--langs"}  # cll-ray run's
+
+
+def _key(key: str) -> str:
+    option = _OPTIONS.get(key.partition("[")[0])
+    return f"{key} ({option})" if option else key
+
+
+def _allowed(value, low: float, high: float, low_in: bool, high_in: bool) -> str:
+    parts = [f"{'>=' if low_in else '>'} {low:g}" if low > -math.inf else "",
+             f"{'<=' if high_in else '<'} {high:g}" if high < math.inf else ""]
+    kind = "an integer" if isinstance(value, int) else "a finite number"
+    return kind + (" " + " and ".join(p for p in parts if p) if any(parts) else "")
+
+
+def config_problems(cfg: ExperimentConfig) -> list[str]:
+    """Every out-of-range value of ``cfg`` as 'key = value: expected ...' (empty when the config is valid)."""
+    problems = []
+
+    def value(key: str):
+        section, name = key.split(".")
+        name, _, index = name.partition("[")
+        v = getattr(getattr(cfg, section), name)
+        return v[int(index[:-1])] if index else v
+
+    for key, (low, high, low_in, high_in) in _RANGES.items():
+        v = value(key)
+        ok = math.isfinite(v) and (low <= v if low_in else low < v) and (v <= high if high_in else v < high)
+        if not ok:
+            problems.append(f"{_key(key)} = {v!r}: expected {_allowed(v, low, high, low_in, high_in)}")
+    for key, choices in _CHOICES.items():
+        if value(key) not in choices:
+            problems.append(f"{_key(key)} = {value(key)!r}: expected one of {', '.join(choices)}")
+    problems += language_problems(cfg.run.languages, _key("run.languages"))
+    return problems
+
+
+def language_problems(languages, key: str) -> list[str]:
+    """A task order must be distinct language codes, English first (the base model's task 1, method.md §6)."""
+    from cll_ray.dataset import DataError, check_language_code
+
+    shown = f"{key} = [{', '.join(repr(code) for code in languages)}]"
+    if not languages:
+        return [f"{shown}: expected at least one language, English first (e.g. en,fr,de)"]
+    problems = []
+    for code in languages:
+        try:
+            check_language_code(code, key)
+        except DataError as e:
+            problems.append(f"{e} (no spaces: e.g. en,fr,de)")
+    repeated = sorted({code for code in languages if languages.count(code) > 1})
+    if repeated:
+        problems.append(f"{shown}: {', '.join(repeated)} given more than once; each language is one task")
+    if languages[0] != "en":
+        problems.append(f"{shown}: expected English (en) first, the base model's task 1")
+    return problems
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raise a ConfigError listing every out-of-range value of ``cfg`` (key, value and what is allowed)."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config value(s):\n  " + "\n  ".join(problems))
+
+# -------------------------------------------------------------------------------- end of value validation
 
 
 __all__ = [
@@ -376,4 +504,5 @@ __all__ = [
     "named_method",
     "parse_override",
     "save_config",
+    "validate",
 ]

@@ -23,11 +23,12 @@ from ray.train.torch import TorchTrainer
 
 from cll_ray import dataset as ds
 from cll_ray.base_model import BaseModel
-from cll_ray.checkpoint import load_checkpoint
-from cll_ray.config import ExperimentConfig, load_yaml, save_config
+from cll_ray.checkpoint import load_checkpoint, load_run_configs  # noqa: F401 - load_run_configs: its home was here
+from cll_ray.config import ExperimentConfig, save_config
 from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
+from cll_ray.io import atomic_write_text
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
@@ -311,16 +312,5 @@ def run_experiment(
         raise RuntimeError(f"method {name} failed: {error}") from error
     summary = {m: {"seconds": o["seconds"], "tasks": o["return_value"]["tasks"],
                    "embedding_checksums": o["return_value"]["embedding_checksums"]} for m, o in outcomes.items()}
-    (run_dir / "run.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return outcomes
-
-
-def load_run_configs(run_dir: Path) -> dict[str, ExperimentConfig]:
-    """The per-method resolved configs of an existing run directory (for --resume)."""
-    configs = {}
-    for path in sorted(Path(run_dir).glob("*/config.yaml")):
-        cfg = ExperimentConfig.from_dict(load_yaml(path.read_text(encoding="utf-8")))
-        configs[cfg.method.name] = cfg
-    if not configs:
-        raise FileNotFoundError(f"{run_dir}: no <method>/config.yaml found; not a cll-ray run directory")
-    return configs

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, task_checkpoint_name
-from cll_ray.io import atomic_dir
+from cll_ray.io import atomic_dir, check_replaceable
 from cll_ray.model import build_clip, model_config
 from cll_ray.tokenization import ClipBPE
 
@@ -104,6 +104,7 @@ def model_card(info: dict, row: dict | None) -> str:
 def export_model(run_dir: str | Path, out: str | Path, task: int | None = None, method: str | None = None) -> dict:
     """Write the model after ``task`` (1-based; default the last checkpointed) to ``out``; returns its info."""
     run_dir = Path(run_dir).expanduser().resolve()
+    check_replaceable(out, EXPORT_INFO, "an exported model")  # an earlier export is replaced, nothing else
     method = resolve_method(run_dir, method)
     folders = sorted((run_dir / method / "checkpoints").glob(f"task*/{CHECKPOINT_FILE}"))
     if not folders and (run_dir / "orders").is_dir():

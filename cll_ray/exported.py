@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
-from cll_ray.export import EXPORT_INFO
+from cll_ray.export import EXPORT_INFO, WEIGHTS_FILE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -25,11 +25,25 @@ class ExportedModel:
         info_path = self.directory / EXPORT_INFO
         if not info_path.is_file():
             raise FileNotFoundError(f"{info_path}: missing; not a model folder written by `cll-ray export`")
-        self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        try:
+            self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{info_path}: not valid JSON ({e}); export the model again") from e
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{self.directory}")
+        for name in (WEIGHTS_FILE, "open_clip_config.json", "tokenizer.json"):
+            if not (self.directory / name).is_file():
+                raise FileNotFoundError(f"{self.directory / name}: missing; export the model again (`cll-ray export`)")
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{self.directory}")
+        except Exception as e:  # safetensors, JSON and torch each raise their own type for a damaged file
+            raise ValueError(f"{self.directory / WEIGHTS_FILE} (or open_clip_config.json): not a loadable model, "
+                             f"truncated or damaged ({type(e).__name__}: {e}); export the model again") from e
         self.model.to(self.device).eval()
-        self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises a bare Exception
+            raise ValueError(f"{self.directory / 'tokenizer.json'}: not a readable tokenizer ({e}); "
+                             "export the model again") from e
 
     @property
     def languages(self) -> list[str]:
@@ -57,8 +71,11 @@ class ExportedModel:
         for i in range(0, len(paths), batch_size):
             pixels = []
             for path in paths[i : i + batch_size]:
-                with Image.open(path) as img:
-                    pixels.append(self.preprocess(img.convert("RGB")))
+                try:
+                    with Image.open(path) as img:
+                        pixels.append(self.preprocess(img.convert("RGB")))
+                except OSError as e:  # not an image, or truncated: PIL's messages do not name the file
+                    raise ValueError(f"{path}: not a readable image ({e}); fix or remove it") from e
             out.append(self.model.encode_image(torch.stack(pixels).to(self.device), normalize=normalize))
         return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 0), np.float32)
 

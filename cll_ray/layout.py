@@ -11,6 +11,9 @@ A dataset directory holds:
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pyarrow as pa
 
 SPLITS = ("pretrain", "train", "val", "test")
@@ -49,3 +52,8 @@ CAPTIONS_DIR = "captions"
 def captions_file(lang: str) -> str:
     """Path of a language's caption table, relative to the dataset directory."""
     return f"{CAPTIONS_DIR}/lang={lang}/part-0.parquet"
+
+
+def data_home(root: str = "") -> Path:
+    """Where generated data and caches live: ``root`` (data.root), else $CLL_RAY_HOME, else ~/.cache/cll_ray."""
+    return Path(root or os.environ.get("CLL_RAY_HOME") or "~/.cache/cll_ray").expanduser().resolve()

@@ -23,9 +23,13 @@ def seeded_order(languages: list[str], seed: int, first: str = "en") -> list[str
 
 def resolve_order(langs: str, order: str | None = None) -> list[str]:
     """``--langs`` (comma list or ``all``) and ``--order`` (``given``, ``alphabetical``, ``order<seed>``)."""
-    languages = list(XM3600_LANGUAGES) if langs == "all" else [code.strip() for code in langs.split(",") if code.strip()]
-    if not languages:
-        raise ValueError("--langs: no language given")
+    languages = list(XM3600_LANGUAGES) if langs == "all" else langs.split(",")
+    odd = [code for code in languages if not code or code != "".join(code.split())]
+    if not langs.strip() or odd:
+        # a space or an empty entry is a typo to point at, not something to guess around (the config checks codes)
+        raise ValueError(f"--langs {langs!r}: expected comma-separated language codes without spaces or empty "
+                         f"entries, English first (e.g. en,fr,de), or all"
+                         + (f"; got {', '.join(repr(c) for c in odd)}" if odd and langs.strip() else ""))
     if order in (None, "", "given"):
         return languages
     if order == "alphabetical":

@@ -8,7 +8,6 @@ task's record, so a checkpoint of the learner carries the whole results history.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +24,9 @@ from cll_ray.parallel import data_parallel_rank
 
 def cll_ray_home(cfg: ExperimentConfig | None = None) -> Path:
     """Where generated data and caches live: ``data.root``, else $CLL_RAY_HOME, else ~/.cache/cll_ray."""
-    root = (cfg.data.root if cfg else "") or os.environ.get("CLL_RAY_HOME") or "~/.cache/cll_ray"
-    return Path(root).expanduser().resolve()
+    from cll_ray.layout import data_home
+
+    return data_home(cfg.data.root if cfg else "")
 
 
 def synthxm_dir(root: Path, size: str, seed: int) -> Path:

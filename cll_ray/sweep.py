@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cll_ray.config import ConfigError, ExperimentConfig, dotted, load_yaml, merge
+from cll_ray.config import ConfigError, ExperimentConfig, dotted, load_yaml_file, merge
 from cll_ray.metrics import RETRIEVAL_KEYS
 from cll_ray.orders import seeded_order
 
@@ -145,7 +145,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"search space not found: {path}")
-    raw = load_yaml(path.read_text(encoding="utf-8"))
+    raw = load_yaml_file(path)
     name = str(path)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: expected a mapping at the top level")

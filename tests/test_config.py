@@ -49,7 +49,7 @@ def test_norwegian_is_a_language_not_a_boolean(tmp_path):
     cfg = load_config(overrides=["run.languages=[en, no, sv]"])
     assert cfg.run.languages == ("en", "no", "sv")
     save_config(cfg, tmp_path / "c.yaml")
-    from cll_ray.driver import load_run_configs
+    from cll_ray.checkpoint import load_run_configs
 
     (tmp_path / "m").mkdir()
     (tmp_path / "c.yaml").rename(tmp_path / "m" / "config.yaml")
@@ -92,7 +92,7 @@ def test_run_options_become_overrides():
     assert overrides == ["train.lr=1e-3", "run.languages=[en,ru]", "run.num_workers=2", "run.orders=3"]
     cfg = load_config(method="cll_clip", overrides=overrides)
     assert (cfg.run.orders, cfg.run.num_workers, cfg.run.languages) == (3, 2, ("en", "ru"))
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(ConfigError, match=r"run.orders \(--orders\) = 0: expected an integer >= 1"):
         load_config(overrides=["run.orders=0"])
 
 
@@ -141,10 +141,7 @@ def test_a_method_name_that_contradicts_the_preset_is_refused(tmp_path, experime
     assert load_config(path, method="cll_clip_teir", overrides=overrides).method.grad_scale  # agreeing: fine
 
 
-def test_a_yaml_error_names_the_file_and_line(tmp_path):
-    (tmp_path / "bad.yaml").write_text("train:\n  lr: 1e-3\n  epochs: [3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml, line \d+: not valid YAML"):
-        load_config(tmp_path / "bad.yaml")
+def test_an_experiment_yaml_that_is_not_a_mapping_is_refused(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
         load_config(tmp_path / "list.yaml")
@@ -196,3 +193,100 @@ def _resolved(raw: dict, name: str) -> dict:
     for parent in [parents] if isinstance(parents, str) else parents:
         out.update(_resolved(raw, parent))
     return {**out, **entry}
+
+
+# ---- bad values are refused when the config is built, naming the key, the value and what is allowed ----------
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=nan", "train.lr = nan: expected a finite number > 0"),
+    ("train.lr=.inf", "train.lr = inf: expected a finite number > 0"),
+    ("train.lr=-1", "train.lr = -1.0: expected a finite number > 0"),
+    ("train.epochs=0", "train.epochs = 0: expected an integer >= 1"),
+    ("train.epochs=-1", "train.epochs = -1: expected an integer >= 1"),
+    ("train.batch_size=0", "train.batch_size = 0: expected an integer >= 1"),
+    ("model.language_vocab_size=0", "model.language_vocab_size = 0: expected an integer >= 1"),
+    ("train.warmup_ratio=1", "train.warmup_ratio = 1.0: expected a finite number >= 0 and < 1"),
+    ("train.betas=[0.9, 1.0]", "train.betas[1] = 1.0: expected a finite number >= 0 and < 1"),
+    ("method.temperature=0", "method.temperature = 0.0: expected a finite number > 0"),
+    ("method.cross_modal_weight=-0.5", "method.cross_modal_weight = -0.5: expected a finite number >= 0"),
+    ("method.init_std=nan", "method.init_std = nan: expected a finite number >= 0"),
+    ("run.cpus_per_worker=0", "run.cpus_per_worker = 0.0: expected a finite number > 0"),
+    ("run.num_workers=-1", "run.num_workers (--workers) = -1: expected an integer >= 0"),
+    ("method.init=uniform", "method.init = 'uniform': expected one of normal, teir"),
+    ("run.languages=[en,fr,fr]", "fr given more than once"),
+    ("run.languages=[]", "expected at least one language, English first"),
+    ("run.languages=[fr,en]", "expected English (en) first"),
+    ("run.languages=en, fr", "' fr' is not a language code"),
+])
+def test_out_of_range_values_are_refused_with_key_value_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_every_bad_value_is_listed_at_once_and_checkpointed_configs_are_checked_too():
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.lr=0", "train.epochs=0"])
+    assert "train.lr = 0.0" in str(err.value) and "train.epochs = 0" in str(err.value)
+    bad = load_config().to_dict()
+    bad["train"]["batch_size"] = 0
+    with pytest.raises(ConfigError, match="train.batch_size = 0"):  # a resumed run's config.yaml, a checkpoint's
+        ExperimentConfig.from_dict(bad)
+    for preset in method_presets():  # every shipped preset is valid as it is
+        load_config(method=preset)
+
+
+@pytest.mark.parametrize("langs, message", [
+    ("en, fr", "' fr'"), ("en fr", "'en fr'"), ("en,,fr", "''"), ("", "expected comma-separated language codes"),
+])
+def test_langs_option_with_spaces_or_empty_entries_is_refused(langs, message):
+    from cll_ray.cli import build_parser, run_overrides
+
+    args = build_parser().parse_args(["run", "--langs", langs])
+    with pytest.raises(ValueError) as err:
+        run_overrides(args)
+    assert "--langs" in str(err.value) and message in str(err.value)
+
+
+def test_langs_duplicates_and_english_not_first_are_refused_through_the_cli(capsys, tmp_path):
+    from cll_ray.cli import main
+
+    for langs, message in (("en,fr,en", "en given more than once"), ("fr,en", "English (en) first")):
+        assert main(["run", "--langs", langs, f"run.output_dir={tmp_path}"]) == 2
+        assert "run.languages (--langs)" in (err := capsys.readouterr().err) and message in err
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  epochs: [3\nrun:\n  name: x\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_config(path)
+    from cll_ray.cli import main
+
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:4: not valid YAML" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="override 'train.lr=\\[1': not valid YAML"):
+        load_config(overrides=["train.lr=[1"])
+
+
+def test_cli_bad_values_exit_2_at_once_before_ray(tmp_path):
+    """The exit path as a user meets it: a separate process, exit code 2, the key in one line, no traceback,
+    and promptly (no Ray start-up, nothing written)."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO, cli_env
+
+    cases = [(["train.lr=nan"], "train.lr = nan: expected a finite number > 0"),
+             (["--methods", ""], "--methods: unknown method(s) (none given)"),
+             (["--methods", "cll_clip,cll_clip"], "--methods: a method is given twice")]
+    for args, message in cases:
+        started = time.time()
+        done = subprocess.run([sys.executable, "-m", "cll_ray", "run", *args, f"run.output_dir={tmp_path}"],
+                              env=cli_env(tmp_path / "home"), cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert time.time() - started < 30, f"{args} took {time.time() - started:.0f}s to exit"
+    assert not list(tmp_path.iterdir())

@@ -112,3 +112,58 @@ def test_xm3600_carved_learn_export_reload(tmp_path, shipped_base):
     export_model(run["dir"], tmp_path / "model")
     np.testing.assert_allclose(reload_embeddings(tmp_path / "model", PROBES, tmp_path), run["embeddings"][2],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_to_export_embed_and_search_is_one_clear_error(run, tmp_path, capsys):
+    import shutil
+
+    model = run["root"] / "model-bad-input"
+    assert main(["export", str(run["dir"]), "--out", str(model)]) == 0
+    capsys.readouterr()
+    embed = ["embed", "--model", str(model)]
+    assert main([*embed, ""]) == 2 and "text 1 of 1 is empty" in capsys.readouterr().err
+    assert main([*embed, "ok", "  "]) == 2 and "text 2 of 2 is empty" in capsys.readouterr().err
+    search = ["search", "--model", str(model), "--images", str(run["images"])]
+    for k in ("0", "-3"):
+        with pytest.raises(SystemExit) as stop:  # argparse: usage error, exit code 2
+            main([*search, "--top-k", k, "a red square"])
+        assert stop.value.code == 2 and "--top-k: expected a whole number >= 1" in capsys.readouterr().err
+    # a corrupt image among the searched ones is named
+    folder = tmp_path / "images"
+    shutil.copytree(run["images"], folder)
+    good = next(folder.rglob("*.jpg"))
+    bad = good.with_name("broken.jpg")
+    bad.write_bytes(good.read_bytes()[:200])
+    assert main(["search", "--model", str(model), "--images", str(folder), "a red square"]) == 2
+    assert f"{bad}: not a readable image" in (err := capsys.readouterr().err) and "Traceback" not in err
+    # a truncated exported model is named
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model, damaged)
+    weights = damaged / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "v.npy"
+    assert main(["embed", "--model", str(damaged), "--format", "npy", "--out", str(out), "x"]) == 2
+    assert f"{weights} (or open_clip_config.json): not a loadable model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_export_never_replaces_a_foreign_folder_and_an_interrupted_one_keeps_the_old(run, tmp_path, monkeypatch, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work", encoding="utf-8")
+    assert main(["export", str(run["dir"]), "--out", str(mine)]) == 2
+    assert f"{mine}: exists and is not an exported model" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    out = tmp_path / "model"
+    export_model(run["dir"], out, task=1)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    import cll_ray.export as export
+
+    def dies(*args, **kwargs):  # killed while writing the tokenizer of the new export
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "exported_tokenizer", dies)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(run["dir"], out, task=2)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export, complete
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

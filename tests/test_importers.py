@@ -187,7 +187,7 @@ def test_add_language_from_each_format(coco, tmp_path, fmt):
         path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()), encoding="utf-8")
     else:
         pq.write_table(table, path)
-    report = add_language(coco, "sw", path)
+    report = add_language(coco, "sw", path, in_place=True)
     assert report.captions == {"sw": {"train": 2, "val": 1}} and not report.bad
     assert ds.dataset_languages(coco)[-1] == "sw"
     train = ds.read_captions(coco, "sw", splits=("train",), require_english=True)  # sources filled from English
@@ -196,7 +196,7 @@ def test_add_language_from_each_format(coco, tmp_path, fmt):
     manifest = ds.read_manifest(coco)
     assert manifest["captions"]["sw"] == 3 and "captions/lang=sw/part-0.parquet" in manifest["files"]
     with pytest.raises(ValueError, match="already has language 'sw'"):
-        add_language(coco, "sw", path)
+        add_language(coco, "sw", path, in_place=True)
 
 
 def test_add_language_bad_rows(coco, tmp_path, capsys):
@@ -210,11 +210,166 @@ def test_add_language_bad_rows(coco, tmp_path, capsys):
         "train2014/COCO_train2014_000000000001.jpg,mraba mwekundu,sw\n",  # line 6: duplicate of line 2
         encoding="utf-8")
     before = ds.read_manifest(coco)
-    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path)]) == 2
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--in-place"]) == 2
     assert_reported(capsys.readouterr().err, [(path, 3, "missing image"), (path, 4, "empty caption"),
                                               (path, 5, "unknown language"), (path, 6, "duplicate id")])
     assert ds.read_manifest(coco) == before and not (coco / "captions" / "lang=sw").exists()
-    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--skip-bad"]) == 0
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--skip-bad",
+                 "--in-place"]) == 0
     assert "skipped 4 bad record(s)" in capsys.readouterr().out
     assert len(read_all(coco, "sw")) == 1
-    assert main(["data", "add-language", str(coco), "--lang", "Not A Code", "--captions", str(path)]) == 2
+    assert main(["data", "add-language", str(coco), "--lang", "Not A Code", "--captions", str(path),
+                 "--in-place"]) == 2
+
+
+# ------------------------------------------------------------------------ a user's files are never lost
+
+
+def _import_cli(src, images, out, *extra):
+    return main(["data", "import", "xm3600", "--src", str(src), "--images", str(images), "--out", str(out), *extra])
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_import_into_a_non_empty_folder_needs_overwrite_and_replaces_only_the_earlier_import(tmp_path, capsys):
+    src, images = write_xm3600(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    for extra in ((), ("--overwrite",)):  # a folder that is no dataset is never written into
+        assert _import_cli(src, images, mine, *extra) == 2
+        err = capsys.readouterr().err
+        assert str(mine) in err and ("--overwrite" in err if not extra else "no dataset manifest" in err)
+        assert _tree(mine) == ["notes.txt"]
+
+    out = tmp_path / "xm"
+    assert _import_cli(src, images, out) == 0
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    (out / "mine").mkdir()
+    (out / "mine" / "a.csv").write_text("x", encoding="utf-8")
+    before = (out / "manifest.json").read_text(encoding="utf-8")
+    assert _import_cli(src, images, out) == 2  # non-empty: refused, nothing changed
+    assert "--overwrite" in capsys.readouterr().err and (out / "manifest.json").read_text(encoding="utf-8") == before
+    assert _import_cli(src, images, out, "--overwrite", "--langs", "en,ru") == 0
+    assert ds.dataset_languages(out) == ["en", "ru"] and not (out / "captions" / "lang=fr").exists()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me" and (out / "mine" / "a.csv").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary or marker file left
+    # a file the earlier import did not write is never replaced, even where the new import would write
+    (out / "captions" / "lang=fr").mkdir()
+    (out / "captions" / "lang=fr" / "part-0.parquet").write_text("mine", encoding="utf-8")
+    assert _import_cli(src, images, out, "--overwrite") == 2
+    assert "captions/lang=fr/part-0.parquet, which the earlier import did not write" in capsys.readouterr().err
+    assert (out / "captions" / "lang=fr" / "part-0.parquet").read_text(encoding="utf-8") == "mine"
+    assert ds.dataset_languages(out) == ["en", "ru"]
+
+
+def test_an_interrupted_overwrite_is_finished_by_the_next_one(tmp_path, monkeypatch):
+    from cll_ray import writer
+
+    src, images = write_xm3600(tmp_path)
+    out = tmp_path / "xm"
+    import_xm3600(src, images, out, langs=["en", "fr"], progress=False)
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    calls = []
+    real_replace = writer.os.replace
+
+    def dies_after_one(a, b):  # killed after the first table moved: no manifest, the marker lists both imports
+        calls.append(b)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        real_replace(a, b)
+
+    monkeypatch.setattr(writer.os, "replace", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        import_xm3600(src, images, out, langs=["en", "ru"], progress=False, overwrite=True)
+    monkeypatch.setattr(writer.os, "replace", real_replace)
+    assert not (out / "manifest.json").exists() and (out / writer.REPLACING_FILE).is_file()
+    with pytest.raises(ds.DataError, match="manifest not found"):  # a reader sees no half dataset
+        ds.read_manifest(out)
+    import_xm3600(src, images, out, langs=["en", "ru"], progress=False, overwrite=True)
+    assert ds.dataset_languages(out) == ["en", "ru"] and not (out / "captions" / "lang=fr").exists()
+    assert len(read_all(out, "ru")) == 24 and (out / "notes.txt").is_file()
+    assert not (out / writer.REPLACING_FILE).exists()
+
+
+SW_CSV = ("image_id,caption,split\n"
+          "train2014/COCO_train2014_000000000001.jpg,mraba mwekundu,train\n"
+          "val2014/COCO_val2014_000000000013.jpg,mraba wa bluu,val\n")
+
+
+def test_add_language_writes_a_new_dataset_or_needs_in_place(coco, tmp_path, capsys):
+    path = tmp_path / "sw.csv"
+    path.write_text(SW_CSV, encoding="utf-8")
+    before = _tree(coco), (coco / "manifest.json").read_bytes()
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path)]) == 2
+    assert "--out DIR" in (err := capsys.readouterr().err) and "--in-place" in err
+    new = tmp_path / "coco-sw"
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--out", str(new)]) == 0
+    assert (_tree(coco), (coco / "manifest.json").read_bytes()) == before  # the source is as it was
+    assert ds.dataset_languages(new) == ["en", "fr", "sw"] and len(read_all(new, "sw")) == 2
+    assert len(read_all(new, "fr")) == len(read_all(coco, "fr"))
+    for rel in ("images.parquet", "captions/lang=en/part-0.parquet"):  # unchanged files are shared, not copied
+        assert (new / rel).stat().st_ino == (coco / rel).stat().st_ino
+    assert (new / "images").resolve() == (coco / "images").resolve()
+    assert ds.decode_images(ds.read_images(new), new, 16).shape[0] == ds.read_images(coco).num_rows
+    assert ds.read_manifest(new)["derived_from"] == str(coco.absolute())
+    # a non-empty --out is refused; adding in place to the new dataset never changes the shared source files
+    assert main(["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--out", str(new)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["data", "add-language", str(new), "--lang", "sw", "--captions", str(path), "--in-place",
+                 "--overwrite"]) == 0
+    assert (_tree(coco), (coco / "manifest.json").read_bytes()) == before
+
+
+def test_add_language_never_changes_the_synthxm_cache_in_place(coco, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    home = tmp_path / "home"
+    cached = home / "synthxm" / "tiny-seed0"
+    shutil.copytree(coco, cached, symlinks=True)
+    monkeypatch.setenv("CLL_RAY_HOME", str(home))
+    path = tmp_path / "sw.csv"
+    path.write_text(SW_CSV, encoding="utf-8")
+    before = _tree(cached), (cached / "manifest.json").read_bytes()
+    assert main(["data", "add-language", str(cached), "--lang", "sw", "--captions", str(path), "--in-place"]) == 2
+    assert "SynthXM cache" in (err := capsys.readouterr().err) and str(cached) in err
+    assert main(["data", "add-language", str(cached), "--lang", "sw", "--captions", str(path),
+                 "--out", str(tmp_path / "mine")]) == 0
+    assert (_tree(cached), (cached / "manifest.json").read_bytes()) == before
+
+
+def test_unknown_columns_are_an_error_or_ignored_with_a_warning(coco, tmp_path, capsys):
+    path = tmp_path / "sw.csv"
+    path.write_text("image_id,caption,en_caption\n"
+                    "val2014/COCO_val2014_000000000013.jpg,mraba wa bluu,a blue square\n", encoding="utf-8")
+    args = ["data", "add-language", str(coco), "--lang", "sw", "--captions", str(path), "--in-place"]
+    before = (coco / "manifest.json").read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: unknown column(s) en_caption" in err and "caption_en" in err and "--ignore-columns" in err
+    assert (coco / "manifest.json").read_bytes() == before and not (coco / "captions" / "lang=sw").exists()
+    assert main([*args, "--ignore-columns"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "ignored unknown column(s) en_caption" in captured.err
+    assert ds.read_captions(coco, "sw", splits=("val",)).captions == ["mraba wa bluu"]
+
+
+def test_corrupt_coco36_files_are_named_not_a_traceback(tmp_path, capsys):
+    src, images = write_coco36(tmp_path, langs=["en", "fr"])
+    tsv = src / "triplet" / "coco_vision-en-fr.tsv.gz"
+    data = tsv.read_bytes()
+    tsv.write_bytes(data[: len(data) // 2])  # truncated download
+    out = tmp_path / "coco"
+    args = ["data", "import", "coco36", "--src", str(src), "--images", str(images), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tsv}: unreadable after line" in err and "gzip" in err
+    tsv.write_bytes(b"image\ten\tfr\n")  # not gzip at all
+    assert main(args) == 2 and f"{tsv}: unreadable" in capsys.readouterr().err
+    tsv.write_bytes(data)
+    val = src / "annotations" / "coco" / "translated" / "fr" / "val.json"
+    val.write_text(val.read_text(encoding="utf-8")[:-30], encoding="utf-8")
+    assert main(args) == 2 and f"{val}:line" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".coco*"))

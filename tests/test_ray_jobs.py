@@ -55,6 +55,38 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     assert resumed == matrix(tmp_path / "straight")[1]
 
 
+def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the run's process group) once task 1 is checkpointed: the run stops,
+    its checkpoints stay readable, and --resume learns only what is left."""
+    import os
+    import signal
+
+    from cll_ray.checkpoint import check_resumable, load_run_configs
+
+    run_dir = tmp_path / "interrupted"
+    proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=interrupted"], env, start_new_session=True)
+    first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task00-en"
+    deadline = time.time() + 900
+    while not first_checkpoint.exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        pytest.fail("the run did not stop within 120 s of Ctrl-C")
+    assert proc.returncode != 0, out[-4000:]
+    if (run_dir / "cll_clip_teir" / "results.jsonl").exists():
+        pytest.skip("the whole run finished before Ctrl-C reached it")
+    found = check_resumable(run_dir, load_run_configs(run_dir))["cll_clip_teir"]
+    assert found.startswith("after task"), found
+    out = finish(run_cli(["--resume", str(run_dir), "--quiet"], env))
+    assert f"cll_clip_teir {found}" in out
+    langs, rows = matrix(run_dir)
+    assert langs == ["en", "fr", "ru"] and len(rows[-1]) == 6
+
+
 def test_ray_job_submit_against_a_local_cluster(ray_head, tmp_path):
     env = ray_head
     runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",

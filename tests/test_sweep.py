@@ -68,7 +68,7 @@ def write(tmp_path, text):
     ("method: cll_clip\nspace: {train.lr: {uniform: [0.1, 0.2]}}", "preset's value 0.002 is outside"),
     ("method: cll_clip\nspace: {method.grad_scale: {grid: [true, false]}}", "grid dimensions need"),
     ("method: nope\nspace: {train.lr: {uniform: [0, 1]}}", "unknown method 'nope'"),
-    ("method: cll_clip\nobjective: best\nspace: {train.lr: {uniform: [0, 1]}}", "objective: expected one of"),
+    ("method: cll_clip\nobjective: best\nspace: {train.lr: {uniform: [0.001, 1]}}", "objective: expected one of"),
     ("method: cll_clip\nspaces: {}", "unknown key(s) spaces"),
 ])
 def test_bad_spaces_name_the_file_and_the_key(tmp_path, text, message):

@@ -402,3 +402,22 @@ def test_results_table_by_run_keeps_runs_apart(run_dir, tmp_path):
     assert [line.split(" | ")[0:2] for line in lines[2:]] == [["| `runA/cll_clip`", "1"], ["| `cll_clip_teir`", "1"],
                                                               ["| `runB/cll_clip`", "1"]]
     assert lines[2].split(" | ")[2] == "29.0" and lines[4].split(" | ")[2] == "35.0"
+
+
+def test_a_report_killed_while_writing_leaves_the_previous_one(run_dir, monkeypatch):
+    from pathlib import Path
+
+    report = build_report([run_dir])
+    before = {p: p.read_bytes() for p in [report, *(run_dir / "plots").iterdir()]}
+    real = Path.write_text
+
+    def half_then_killed(self, text, *args, **kwargs):  # the process dies halfway through the new report.md
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", half_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_report([run_dir])
+    monkeypatch.setattr(Path, "write_text", real)
+    assert report.read_bytes() == before[report]  # the previous complete report, not half a new one
+    assert not [p for p in run_dir.rglob(".*") if p.name.endswith(".tmp")]

@@ -18,11 +18,21 @@ from __future__ import annotations
 import gzip
 import json
 import time
+import zlib
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cll_ray.importers.common import BadRecords, CaptionRows, ImportReport, Kind, blank, write_import
+from cll_ray.dataset import DataError
+from cll_ray.importers.common import (
+    BadRecords,
+    CaptionRows,
+    ImportReport,
+    Kind,
+    blank,
+    check_out,
+    write_import,
+)
 from cll_ray.layout import XM3600_LANGUAGES
 
 TRIPLET_DIRS = ("triplet", "corpus/multilingual_coco/36langs/triplet")
@@ -51,7 +61,10 @@ def discover(src: Path) -> tuple[dict[str, Path], dict[str, dict[str, Path]]]:
 
 def json_items(path: Path):
     """``(line, item)`` for each item of a JSON array, with the 1-based line where the item starts."""
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from e
     decoder = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if not text.startswith("[", pos):
@@ -64,7 +77,11 @@ def json_items(path: Path):
             return
         line += text.count("\n", counted, pos)
         counted = pos
-        item, pos = decoder.raw_decode(text, pos)
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:line {e.lineno}: not valid JSON ({e.msg}); expected a JSON list of "
+                            "{image, image_id, caption} objects; nothing was written") from e
         yield line, item
 
 
@@ -95,26 +112,36 @@ def _read_triplets(path: Path, lang: str, images: _Images, bad: BadRecords, engl
                    progress: bool) -> CaptionRows:
     """One triplet file as ``lang``'s train captions (the English column when ``english_side``)."""
     rows, seen = CaptionRows(), {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(tqdm(f, desc=f"COCO-36 train {lang}", unit="line", disable=not progress), 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 3:
-                bad.add(Kind.MALFORMED, path, line_no, f"{len(fields)} tab-separated fields; expected 3")
-                continue
-            rel, english, target = fields
-            text = english if english_side else target
-            if blank(english) or blank(text):
-                which = "english" if blank(english) else "target"
-                bad.add(Kind.EMPTY_CAPTION, path, line_no, f"image {rel!r}: {which} caption is {text!r}")
-                continue
-            if (rel, english) in seen:
-                bad.add(Kind.DUPLICATE_ID, path, line_no, f"(image {rel!r}, English source) already at line "
-                        f"{seen[rel, english]}")
-                continue
-            seen[rel, english] = line_no
-            if images.ok(rel, "train", path, line_no):
-                rows.add(rel, "train", text, None if english_side else english)
+    line_no = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(tqdm(f, desc=f"COCO-36 train {lang}", unit="line", disable=not progress), 1):
+                _triplet(line, line_no, path, images, bad, english_side, rows, seen)
+    except (EOFError, OSError, UnicodeDecodeError, zlib.error) as e:  # truncated, not gzip, or not UTF-8
+        raise DataError(f"{path}: unreadable after line {line_no} ({type(e).__name__}: {e}); expected gzip-compressed "
+                        "UTF-8 lines image_rel_path<TAB>english_caption<TAB>target_caption; nothing was written") from e
     return rows
+
+
+def _triplet(line: str, line_no: int, path: Path, images: _Images, bad: BadRecords, english_side: bool,
+             rows: CaptionRows, seen: dict) -> None:
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != 3:
+        bad.add(Kind.MALFORMED, path, line_no, f"{len(fields)} tab-separated fields; expected 3")
+        return
+    rel, english, target = fields
+    text = english if english_side else target
+    if blank(english) or blank(text):
+        which = "english" if blank(english) else "target"
+        bad.add(Kind.EMPTY_CAPTION, path, line_no, f"image {rel!r}: {which} caption is {text!r}")
+        return
+    if (rel, english) in seen:
+        bad.add(Kind.DUPLICATE_ID, path, line_no, f"(image {rel!r}, English source) already at line "
+                f"{seen[rel, english]}")
+        return
+    seen[rel, english] = line_no
+    if images.ok(rel, "train", path, line_no):
+        rows.add(rel, "train", text, None if english_side else english)
 
 
 def _read_eval(path: Path, lang: str, split: str, images: _Images, bad: BadRecords, rows: CaptionRows,
@@ -144,10 +171,11 @@ def _read_eval(path: Path, lang: str, split: str, images: _Images, bad: BadRecor
 
 def import_coco36(
     src: str | Path, images: str | Path, out: str | Path, langs: list[str] | None = None, *,
-    skip_bad: bool = False, embed_images: bool = False, progress: bool = True,
+    skip_bad: bool = False, embed_images: bool = False, progress: bool = True, overwrite: bool = False,
 ) -> ImportReport:
     """Import COCO-36 from ``src`` (module docstring) with images under ``images`` to ``out``."""
     started = time.time()
+    replace = check_out(out, overwrite)  # before reading anything: a user's folder is never clobbered
     src, image_root = Path(src), Path(images).absolute()
     triplets, evals = discover(src)
     if not triplets and not evals:
@@ -183,4 +211,4 @@ def import_coco36(
             captions[lang] = rows.table()
     return write_import(out, "coco36", {"src": str(src.absolute()), "images": str(image_root)}, image_set.split,
                         image_root, {lang: captions[lang] for lang in languages if lang in captions}, bad,
-                        embed_images, started)
+                        embed_images, started, replace)

@@ -7,6 +7,7 @@ left out and listed in the report. Never silently.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,8 +17,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cll_ray.dataset import DataError
-from cll_ray.layout import CAPTIONS_SCHEMA, IMAGES_SCHEMA, SPLITS
-from cll_ray.writer import ROW_GROUP, DatasetWriter
+from cll_ray.layout import (
+    CAPTIONS_SCHEMA,
+    IMAGES_FILE,
+    IMAGES_SCHEMA,
+    MANIFEST_FILE,
+    SPLITS,
+    captions_file,
+    data_home,
+)
+from cll_ray.writer import ROW_GROUP, DatasetWriter, previous_dataset_files
 
 IMPORTER_VERSION = "1.0.0"
 
@@ -68,6 +77,7 @@ class ImportReport:
     captions: dict[str, dict[str, int]] = field(default_factory=dict)  # lang -> split -> captions
     bad: list[BadRecord] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. columns ignored with --ignore-columns
 
     @property
     def bad_counts(self) -> dict[str, int]:
@@ -95,6 +105,7 @@ class ImportReport:
                 lines.append(f"  ... and {len(self.bad) - SHOWN} more (all listed in the manifest's import.bad)")
         else:
             lines.append("no bad records")
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -177,18 +188,59 @@ def image_chunks(images: dict[str, tuple[str, str]], image_root: Path, embed: bo
         )
 
 
+def check_not_cache(path: str | Path, what: str) -> None:
+    """Refuse to change a dataset inside the SynthXM cache: every default run reads it as generated."""
+    cache = data_home() / "synthxm"  # sequence.synthxm_dir's parent
+    resolved = Path(path).expanduser().resolve()
+    if resolved == cache or cache in resolved.parents:
+        raise ValueError(f"{path}: is in the SynthXM cache ({cache}), which default runs read as generated; "
+                         f"{what} would change it. Write to another folder (--out)")
+
+
+def check_out(out: str | Path, overwrite: bool) -> set[str] | None:
+    """Before an import reads anything: None when ``out`` is new or empty, else (with ``overwrite``) the files
+    the earlier import wrote there, the only ones the new import may replace. A user's own files never go."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; nothing was written")
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    if not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty; nothing was written. Choose a new or empty folder, "
+                              "or pass --overwrite to replace the dataset an earlier import wrote there (only the "
+                              "files its manifest lists; other files stay)")
+    owned = previous_dataset_files(out)
+    if owned is None:
+        raise FileExistsError(f"{out}: is not empty and holds no dataset manifest ({MANIFEST_FILE}); nothing was "
+                              "written. --overwrite replaces only what an earlier import wrote (as its manifest "
+                              "lists); choose a new or empty folder")
+    check_not_cache(out, "--overwrite")
+    return owned
+
+
 def write_import(
     out: str | Path, name: str, source: dict, images: dict[str, tuple[str, str]], image_root: Path,
     captions: dict[str, pa.Table], bad: BadRecords, embed_images: bool, started: float,
+    replace: set[str] | None = None,
 ) -> ImportReport:
-    """Write the imported dataset atomically and return its report (raises on bad records unless skipped)."""
+    """Write the imported dataset atomically and return its report (raises on bad records unless skipped).
+
+    ``replace``: the earlier import's files in ``out`` (``check_out``); only those may be replaced.
+    """
     bad.check()
     used = {i for table in captions.values() for i in pc.unique(table.column("image_id")).to_pylist()}
     images = {i: v for i, v in images.items() if i in used}  # an image without any caption is no use
     if not images:
         raise DataError(f"{source}: no image with a usable caption; nothing to import")
+    links = None if embed_images else {"images": image_root}
+    if replace is not None:
+        writes = [IMAGES_FILE, MANIFEST_FILE, *map(captions_file, captions), *(links or {})]
+        clash = [rel for rel in writes if rel not in replace and os.path.lexists(Path(out) / rel)]
+        if clash:
+            raise FileExistsError(f"{out}: the import would replace {', '.join(clash)}, which the earlier import "
+                                  "did not write; nothing was written")
     report = ImportReport(out=str(out), bad=bad.records)
-    with DatasetWriter(out, links=None if embed_images else {"images": image_root}) as writer:
+    with DatasetWriter(out, links=links, replace=replace) as writer:
         writer.write_images(image_chunks(images, image_root, embed_images))
         for lang, table in captions.items():
             writer.write_captions(lang, table)

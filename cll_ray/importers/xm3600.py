@@ -21,7 +21,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cll_ray.importers.common import BadRecords, CaptionRows, ImportReport, Kind, blank, write_import
+from cll_ray.importers.common import (
+    BadRecords,
+    CaptionRows,
+    ImportReport,
+    Kind,
+    blank,
+    check_out,
+    write_import,
+)
 from cll_ray.layout import XM3600_LANGUAGES
 
 
@@ -56,7 +64,7 @@ def parse_carve(text: str | None) -> dict[str, float] | None:
 def import_xm3600(
     src: str | Path, images: str | Path, out: str | Path, langs: list[str] | None = None, *,
     skip_bad: bool = False, carve: dict[str, float] | None = None, embed_images: bool = False,
-    progress: bool = True,
+    progress: bool = True, overwrite: bool = False,
 ) -> ImportReport:
     """Import ``captions.jsonl`` + images folder to ``out``; returns the report (see the module docstring).
 
@@ -68,8 +76,10 @@ def import_xm3600(
         skip_bad: leave bad records out (and report them) instead of stopping.
         carve: train/val fractions for experiments; default all test.
         embed_images: store the JPEG bytes in images.parquet instead of a link to ``images``.
+        overwrite: ``out`` may hold an earlier import; only the files its manifest lists are replaced.
     """
     started = time.time()
+    replace = check_out(out, overwrite)  # before reading anything: a user's folder is never clobbered
     src, image_root = Path(src), Path(images).absolute()
     if src.is_dir():
         src = src / "captions.jsonl"
@@ -133,4 +143,4 @@ def import_xm3600(
     return write_import(out, "xm3600", {"captions": str(src.absolute()), "images": str(image_root),
                                         "carve": carve or {}}, images_by_id, image_root,
                         {lang: rows.table() for lang, rows in captions.items() if len(rows)}, bad, embed_images,
-                        started)
+                        started, replace)
