@@ -25,7 +25,6 @@ from cll_ray.methods.base import Stage, TaskSpec
 from cll_ray.model import TextStudent
 from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe_cached
 
-
 TOKENIZER_CACHE = "tokenizers"  # under the data home: <key>.json per trained language BPE
 
 
