@@ -1,6 +1,6 @@
 """A run is a function of its config and data: the same config twice, in fresh processes, gives byte-identical
 tokenizers and the same accuracy matrix (issue 13). Each run has its own data home, so its own tokenizer cache:
-the second run trains every BPE again and must still agree."""
+the second run trains every BPE again (with another hash seed) and must still agree."""
 
 import json
 import shutil
@@ -28,11 +28,13 @@ def _matrix(run_dir: Path) -> list[dict]:
 
 
 def test_same_config_twice_in_fresh_processes_gives_identical_runs(cli_home, tmp_path):
-    # a second data home with the same (generated, deterministic) dataset, but its own caches: tokenizers and
-    # teacher features are made again there
+    # a second data home with the same (generated, deterministic) dataset and teacher features (the session's,
+    # to keep this short), but its own tokenizer cache: every BPE is trained again there
     other = tmp_path / "home"
     (other / "synthxm").mkdir(parents=True)
     shutil.copytree(cli_home / "synthxm" / "tiny-seed0", other / "synthxm" / "tiny-seed0")
+    (cli_home / "features").mkdir(exist_ok=True)
+    (other / "features").symlink_to(cli_home / "features", target_is_directory=True)
     first, second = _run(cli_home, tmp_path / "a"), _run(other, tmp_path / "b")
 
     plan = (first / "tokenizer_plan.json").read_bytes()
