@@ -4,20 +4,25 @@ the second run trains every BPE again (with another hash seed) and must still ag
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import cli, cli_env
+from helpers import cli, cli_env, kill_tree
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 
 TINY = ["--methods", "cll_clip_teir", "--langs", "en,zh", "--workers", "0", "--quiet", "data.synthxm_size=tiny",
         "train.epochs=1", "train.batch_size=32", "model.language_vocab_size=600"]
 
 
 def _run(home: Path, out: Path) -> Path:
-    proc = cli(["run", *TINY, f"run.output_dir={out}", "run.name=r"], cli_env(home))
-    output, _ = proc.communicate(timeout=300)
+    proc = cli(["run", *TINY, f"run.output_dir={out}", "run.name=r"], cli_env(home), start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)  # and its local Ray
+        raise
     assert proc.returncode == 0, output[-4000:]
     return out / "r"
 
