@@ -23,7 +23,9 @@ from cll_ray.losses import CLLLoss
 from cll_ray.methods import build_method
 from cll_ray.methods.base import Stage, TaskSpec
 from cll_ray.model import TextStudent
-from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe
+from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe_cached
+
+TOKENIZER_CACHE = "tokenizers"  # under the data home: <key>.json per trained language BPE
 
 
 @dataclass
@@ -108,12 +110,18 @@ class ContinualLearner:
     def _grow(self, tokenizer: ClipBPE, lang: str, captions: list[str] | None = None) -> tuple[ClipBPE, GrowthStats]:
         if captions is None:
             captions = ds.read_captions(self.dataset_dir, lang, splits=("train",)).captions
-        return grow(tokenizer, train_bpe(captions, self.cfg.model.language_vocab_size), lang)
+        return grow(tokenizer, self._train(captions, self.cfg.model.language_vocab_size), lang)
 
     def _grow_joint(self, name: str, captions: list[str], languages: int) -> tuple[ClipBPE, GrowthStats]:
         """One BPE over every language's captions (the reference's oracle vocabulary, §1.4), then grow."""
         size = self.cfg.method.joint_vocab_size or self.cfg.model.language_vocab_size * languages
-        return grow(self.tokenizer, train_bpe(captions, size), name)
+        return grow(self.tokenizer, self._train(captions, size), name)
+
+    def _train(self, captions: list[str], vocab_size: int) -> ClipBPE:
+        """The language BPE of ``captions``, trained once and reused from the data home's tokenizer cache."""
+        from cll_ray.sequence import cll_ray_home  # sequence imports this module
+
+        return train_bpe_cached(captions, vocab_size, cll_ray_home(self.cfg) / TOKENIZER_CACHE)
 
     def begin_task(self, task: str | TaskSpec, build_train: bool = True) -> PreparedTask:
         """Grow tokenizer and embedding for the task's language(s) and build its training data.

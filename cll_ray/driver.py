@@ -31,6 +31,7 @@ from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.io import atomic_write_text
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
+from cll_ray.tokenization import ClipBPE, GrowthStats
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
 
 ORPHAN_CHECK_S = 30.0
@@ -151,23 +152,52 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, 
     return {"dataset_dir": str(dataset), "base_dir": str(base_dir), "features_dir": str(features_dir), "base": base}
 
 
-def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str]) -> tuple[dict, dict]:
+PLAN_FILE = "tokenizer_plan.json"  # in the run (or sweep) directory: every task order's tokenizer plan
+PLAN_VERSION = 1
+
+
+def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str], plan: dict | None = None
+                    ) -> tuple[dict, dict]:
     """The growth plan of ``order`` (the final tokenizer and each task's growth, for the workers) and the
-    tokenizer each of its tasks will have."""
+    tokenizer each of its tasks will have. A stored ``plan`` is used as it is, never retrained."""
     features = FeatureStore.load(Path(inputs["features_dir"]))
     learner = ContinualLearner(inputs["base"], features, inputs["dataset_dir"], cfg)
-    final, stats = learner.plan_growth(list(order))
-    learner.use_plan(final, stats)
-    plan = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
+    if plan is None:
+        final, stats = learner.plan_growth(list(order))
+        plan = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
+    learner.use_plan(ClipBPE.from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
     return plan, {lang: learner.plan[lang][0] for lang in order}
 
 
-def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Dataset]:
+def stored_plans(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]], run_dir: Path) -> list[dict]:
+    """Every order's tokenizer plan: read from ``run_dir/tokenizer_plan.json``, or made and written there the
+    first time, so a resumed run (and ``report``/``export``, which read its checkpoints) uses the tokenizers the
+    run started with, even if training a BPE again would break a tie differently."""
+    path = Path(run_dir) / PLAN_FILE
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            plans = stored["orders"]
+            found = [list(p["languages"]) for p in plans]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a tokenizer plan ({e})") from e
+        if found != [list(o) for o in orders]:
+            raise ValueError(f"{path}: planned for the task orders {found}, but this run has {orders}")
+        return [{"tokenizer": p["tokenizer"], "growth": p["growth"]} for p in plans]
+    plans = [plan_tokenizers(cfg, inputs, order)[0] for order in orders]
+    from cll_ray.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"version": PLAN_VERSION, "orders": [
+        {"languages": list(order), **plan} for order, plan in zip(orders, plans, strict=True)]}, ensure_ascii=False))
+    return plans
+
+
+def build_datasets(cfg: ExperimentConfig, inputs: dict, plan: dict | None = None) -> dict[str, ray.data.Dataset]:
     """``train_<lang>`` for every language, tokenized with the tokenizer that task will have.
 
-    The plan of growth is stored in ``inputs`` for the workers.
+    The plan of growth (``plan``, or made here) is stored in ``inputs`` for the workers.
     """
-    inputs["plan"], tokenizers = plan_tokenizers(cfg, inputs, list(cfg.run.languages))
+    inputs["plan"], tokenizers = plan_tokenizers(cfg, inputs, list(cfg.run.languages), plan)
     return build_train_datasets(inputs["dataset_dir"], {"train_": tokenizers}, inputs["base"].context_length,
                                 inputs["features_dir"])
 
@@ -179,12 +209,13 @@ def run_orders(cfg: ExperimentConfig) -> list[list[str]]:
     return task_orders(cfg.run.languages, cfg.run.orders)
 
 
-def order_sequences(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]]) -> tuple[list[dict], dict]:
+def order_sequences(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]], plans: list[dict] | None = None
+                    ) -> tuple[list[dict], dict]:
     """One worker sequence per task order (key ``o<k>``) and their datasets, tokenized in one Ray Data pass:
     ``o<k>_train_<lang>`` with the tokenizer that language has at its place in order k."""
     tokenizers, sequences = {}, []
     for k, order in enumerate(orders):
-        plan, tokenizers[f"o{k}_train_"] = plan_tokenizers(cfg, inputs, order)
+        plan, tokenizers[f"o{k}_train_"] = plan_tokenizers(cfg, inputs, order, plans[k] if plans else None)
         sequences.append({"key": f"o{k}", "languages": order, "plan": plan, "datasets": f"o{k}_train_"})
     datasets = build_train_datasets(inputs["dataset_dir"], tokenizers, inputs["base"].context_length,
                                     inputs["features_dir"])
@@ -278,10 +309,12 @@ def run_experiment(
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
     ensure_ray(num_cpus)
     sequences = None
+    orders = run_orders(cfg) if cfg.run.orders > 1 else [list(cfg.run.languages)]
+    plans = stored_plans(cfg, inputs, orders, run_dir)
     if cfg.run.orders > 1:
-        sequences, datasets = order_sequences(cfg, inputs, run_orders(cfg))
+        sequences, datasets = order_sequences(cfg, inputs, orders, plans)
     else:
-        datasets = build_datasets(cfg, inputs)
+        datasets = build_datasets(cfg, inputs, plans[0])
     # 3. one Trainer per method, as many side by side as the cluster holds; the others wait their turn here,
     # not in Ray (a Trainer waiting for its worker group gives up after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
     outcomes: dict[str, dict] = {}

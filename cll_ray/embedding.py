@@ -10,16 +10,20 @@ class ExpandableTokenEmbedding(nn.Module):
     """A token-embedding matrix that grows one language at a time.
 
     ``token_frequencies`` (float, length V) follows the reference's ``EmbeddingWrapper``: 1 for every row of the
-    base model; +1 for every base row when the first task starts; 1 for every new row; +1 (per language) for each
-    row used by a task when that task is committed. During task t this gives
-    ``f_i(t) = 1 + 1[i in base vocab] + #{s < t : token i occurs in task s's training captions}``.
+    base model; +1 for every existing row whenever a task starts while the vocabulary still has the base model's
+    size (``plus_one_before_the_frist_task``: once when the first task adds tokens, once more for every earlier
+    task that added none); 1 for every new row; +1 (per language) for each row used by a task when that task is
+    committed. During task t this gives
+    ``f_i(t) = 1 + 1[i in base vocab]·k_t + #{s < t : token i occurs in task s's training captions}``, with
+    ``k_t`` the number of tasks s <= t that started from a base-sized vocabulary (1 when the first task adds
+    tokens). ``base_size`` is stored, so a loaded checkpoint keeps the rule.
     """
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone())
         self.register_buffer("token_frequencies", torch.ones(weight.shape[0]))
-        self.register_buffer("base_counted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("base_size", torch.tensor(weight.shape[0], dtype=torch.long))
 
     @property
     def num_embeddings(self) -> int:
@@ -37,7 +41,8 @@ class ExpandableTokenEmbedding(nn.Module):
         """Append ``new_size - V`` rows drawn i.i.d. from N(mean, std²); old rows are copied exactly.
 
         As in the reference, the whole new matrix is filled at random first and the old rows are then
-        overwritten. The first call also counts the base vocabulary once (``plus_one_before_the_first_task``).
+        overwritten. A call on a base-sized vocabulary first adds 1 to every row (the reference's test is
+        ``old_vocab_size == clip_vocab_size``, so it repeats while tasks add no token).
         """
         old = self.weight.detach()
         if new_size < old.shape[0]:
@@ -49,9 +54,8 @@ class ExpandableTokenEmbedding(nn.Module):
 
         freqs = torch.ones(new_size, dtype=self.token_frequencies.dtype, device=old.device)
         freqs[: old.shape[0]] = self.token_frequencies
-        if not bool(self.base_counted):
+        if old.shape[0] == int(self.base_size):
             freqs[: old.shape[0]] += 1
-            self.base_counted.fill_(True)
         self.token_frequencies = freqs
 
     @torch.no_grad()
@@ -69,11 +73,28 @@ class ExpandableTokenEmbedding(nn.Module):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
         # Checkpoints carry a grown matrix: resize before loading so shapes match.
+        state_dict = _upgrade(dict(state_dict), self.base_size)
         weight = state_dict["weight"]
         if weight.shape != self.weight.shape:
             self.weight = nn.Parameter(torch.empty_like(weight), requires_grad=self.weight.requires_grad)
             self.token_frequencies = torch.empty_like(state_dict["token_frequencies"])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a parent module's load_state_dict
+        upgraded = _upgrade({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, self.base_size)
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[key]
+        state_dict.update({prefix + k: v for k, v in upgraded.items()})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _upgrade(state: dict, base_size: torch.Tensor) -> dict:
+    """A checkpoint written before ``base_size`` was stored held a ``base_counted`` flag instead: the base size
+    of the model this embedding was built from is the right one (a run never changes its base)."""
+    if "weight" in state and "base_size" not in state:
+        state.pop("base_counted", None)
+        state["base_size"] = base_size.detach().clone()
+    return state
 
 
 def teir_row_scale(

@@ -73,7 +73,7 @@ def pretrain(dataset_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), pr
 
     # 1. English pretraining captions -> CLIP-style BPE; images decoded once
     caps = ds.read_captions(dataset_dir, "en", splits=("pretrain",))
-    tokenizer = train_bpe(caps.captions, cfg.vocab_size)
+    tokenizer = train_bpe(caps.captions, cfg.vocab_size, base=True)  # the shipped base's rule
     images = ds.read_images(dataset_dir, splits=("pretrain",))
     image_ids = images.column("image_id").to_pylist()
     torch.manual_seed(cfg.seed)  # right before the weights are drawn

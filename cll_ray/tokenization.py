@@ -13,6 +13,7 @@ import gzip
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -138,44 +139,73 @@ class ClipBPE:
             from open_clip.tokenizer import default_bpe
 
             path = default_bpe()
-        from open_clip.tokenizer import bytes_to_unicode
-
         with gzip.open(path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # as open_clip's SimpleTokenizer
-        alphabet = list(bytes_to_unicode().values())
+        alphabet = _alphabet()
         tokens = alphabet + [a + END_OF_WORD for a in alphabet] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
         return cls(vocab={t: i for i, t in enumerate(tokens)}, merges=merges)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 1) -> ClipBPE:
-    """Train a CLIP-style BPE on ``texts`` (specials first, then the byte alphabet, then merges in learned order)."""
+# The language rule's batches (the reference's ``batch_iterator``): a final partial batch is never seen.
+REFERENCE_BATCH = 64
+# Bumped whenever what ``train_bpe`` returns for the same input changes (it keys the tokenizer cache).
+TRAINING_RULE_VERSION = 2
+
+
+def _alphabet() -> list[str]:
+    """The 256 byte symbols in CLIP's order, which is also code-point order (the trainer's alphabet order)."""
+    from open_clip.tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
+
+
+def reference_lines(texts: Iterable[str], batch_size: int = REFERENCE_BATCH) -> list[str]:
+    """The lines the reference trains a language's BPE on: whole batches of ``batch_size``, the rest dropped."""
+    lines = list(texts)
+    return lines[: len(lines) - len(lines) % batch_size]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, *, base: bool = False) -> ClipBPE:
+    """Train a CLIP-style BPE on ``texts``: specials, then single symbols, then merged tokens in merge order.
+
+    The language rule (default; continual tasks, joint training) is the reference's ``train_new_from_iterator``
+    on CLIP's tokenizer (method.md §1.4): no initial alphabet (transformers passes one only to a plain
+    ``ByteLevel`` pre-tokenizer, and CLIP's is a ``Sequence``), so ``vocab_size`` = 2 specials + the byte
+    symbols seen (both forms) + the merged tokens; and only whole batches of 64 lines are fed. ``base=True`` is
+    the rule the shipped English base was trained with (``pretrain``): all 256 bytes counted against the size,
+    every line used, and every byte in both forms in the vocabulary, so the base tokenizer alone has no OOV.
+    """
+    lines = list(texts) if base else reference_lines(texts)
     tok = _new_trainable()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=[BOS_TOKEN, EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if base else [],
         end_of_word_suffix=END_OF_WORD,
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
     trained = ClipBPE.from_json(tok.to_str())
-    return ClipBPE(vocab=_canonical_vocab(trained), merges=trained.merges)
+    return ClipBPE(vocab=_canonical_vocab(trained, every_byte=base), merges=trained.merges)
 
 
-def _canonical_vocab(trained: ClipBPE) -> dict[str, int]:
-    """CLIP's layout: specials, every byte, every byte + "</w>", then merged tokens in merge order.
+def _canonical_vocab(trained: ClipBPE, every_byte: bool) -> dict[str, int]:
+    """The trainer's vocabulary with its ids made a pure function of the data: specials, the byte symbols in
+    CLIP's order, the same with "</w>", then merged tokens in merge order (first occurrence).
 
-    The trainer's own ids for single symbols follow a hash order that changes from run to run; this makes a
-    trained tokenizer a pure function of its data. Holding every byte in both forms, as CLIP's vocabulary does,
-    also means no text is ever out of vocabulary (the trainer only adds the "</w>" forms it saw).
+    The trainer numbers the "</w>" forms in the hash order of the words (it changes from process to process);
+    the rest already follows this layout. ``every_byte`` adds the bytes the data lacks, in both forms (CLIP's
+    layout). Growth appends only tokens the current vocabulary lacks, in this order; every vocabulary grown
+    from CLIP or the shipped base holds all byte symbols, so the appended tokens are the merged ones in merge
+    order, as in the reference.
     """
-    from open_clip.tokenizer import bytes_to_unicode
-
-    alphabet = list(bytes_to_unicode().values())
-    tokens = [BOS_TOKEN, EOS_TOKEN] + alphabet + [a + END_OF_WORD for a in alphabet]
-    tokens += ["".join(m) for m in trained.merges]
+    alphabet = _alphabet()
+    singles = alphabet + [a + END_OF_WORD for a in alphabet]
+    if not every_byte:
+        singles = [t for t in singles if t in trained.vocab]
+    tokens = [BOS_TOKEN, EOS_TOKEN] + singles + ["".join(m) for m in trained.merges]
     vocab: dict[str, int] = {}
     for token in tokens + sorted(set(trained.vocab) - set(tokens)):
         vocab.setdefault(token, len(vocab))
@@ -225,3 +255,57 @@ def grow(current: ClipBPE, language: ClipBPE, lang: str = "") -> tuple[ClipBPE, 
         merges_added=len(added),
     )
     return grown, stats
+
+
+def training_key(texts: Sequence[str], vocab_size: int) -> str:
+    """What a language BPE is a function of: the exact lines, the size, the training rule and the trainer."""
+    import hashlib
+
+    import tokenizers
+
+    lines = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
+    payload = {"captions": lines, "vocab_size": int(vocab_size), "rule": TRAINING_RULE_VERSION,
+               "tokenizers": tokenizers.__version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def train_bpe_cached(texts: Sequence[str], vocab_size: int, cache_dir: str | Path | None) -> ClipBPE:
+    """``train_bpe`` (language rule), trained once per (captions, size, rule) and reused from ``cache_dir``.
+
+    The trainer breaks ties between equally frequent pairs in hash order, which changes from process to
+    process, so the same captions can give another merge order in another run. The first tokenizer trained
+    for a key is kept (``<cache_dir>/<key>.json``, written atomically) and every later run, resumed run and
+    task order reuses it byte for byte. A language's BPE does not depend on the tokenizer it is grown into,
+    so one language has one BPE in every task order.
+    """
+    if cache_dir is None:
+        return train_bpe(texts, vocab_size)
+    path = Path(cache_dir) / f"{training_key(texts, vocab_size)}.json"
+    if not path.exists():
+        _publish_once(path, train_bpe(texts, vocab_size).to_json())
+    try:  # always the stored one: of two processes that trained at once, the first to publish wins for both
+        return ClipBPE.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a tokenizer this cache wrote ({e}); delete the file to retrain") from e
+
+
+def _publish_once(path: Path, text: str) -> None:
+    """Write ``path`` atomically unless it exists: a hard link never replaces a file another process wrote."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: replace (a rename is still atomic)
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -25,7 +25,14 @@ import ray
 from ray import tune
 
 from cll_ray.config import ConfigError, ExperimentConfig, save_config
-from cll_ray.driver import build_trainer, ensure_ray, order_sequences, prepare_inputs, trainers_that_fit
+from cll_ray.driver import (
+    build_trainer,
+    ensure_ray,
+    order_sequences,
+    prepare_inputs,
+    stored_plans,
+    trainers_that_fit,
+)
 from cll_ray.io import atomic_write_text
 from cll_ray.sweep import SearchSpace, apply_point, load_space, task_orders
 
@@ -70,7 +77,7 @@ def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]],
              progress: bool) -> dict:
     """Inputs once, and one tokenized dataset per (order, language), named ``o<k>_train_<lang>``."""
     inputs = prepare_inputs(cfg, sweep_dir, progress=progress)
-    sequences, datasets = order_sequences(cfg, inputs, orders)
+    sequences, datasets = order_sequences(cfg, inputs, orders, stored_plans(cfg, inputs, orders, sweep_dir))
     return {
         "experiment": cfg.to_dict(),
         "sweep_dir": str(sweep_dir),

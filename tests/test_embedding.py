@@ -45,10 +45,44 @@ def test_frequencies_count_tasks_not_occurrences():
     emb.grow(6, 0, 0.02)  # task 1 adds 2 rows; base rows counted once
     assert emb.token_frequencies.tolist() == [2, 2, 2, 2, 1, 1]
     emb.commit_task_tokens(torch.tensor([2, 4, 5]))  # task 1 used tokens 2, 4, 5 (each once, however often)
-    emb.grow(7, 0, 0.02)  # task 2 adds 1 row; base not counted again
+    emb.grow(7, 0, 0.02)  # task 2 adds 1 row; the vocabulary is no longer base-sized: base not counted again
     assert emb.token_frequencies.tolist() == [2, 2, 3, 2, 2, 2, 1]
     emb.commit_task_tokens(torch.tensor([2, 6]), counts=torch.tensor([2.0, 1.0]))  # e.g. replay: 2 languages
     assert emb.token_frequencies.tolist() == [2, 2, 5, 2, 2, 2, 2]
+
+
+def test_base_rows_are_counted_again_while_tasks_add_no_token():
+    # the reference adds 1 whenever a task starts from a base-sized vocabulary (old_vocab_size == clip_vocab_size)
+    emb = ExpandableTokenEmbedding(torch.zeros(4, 2))
+    emb.grow(4, 0, 0.02)  # task 1 adds no token
+    assert emb.token_frequencies.tolist() == [2, 2, 2, 2]
+    emb.commit_task_tokens(torch.tensor([1, 3]))
+    emb.grow(4, 0, 0.02)  # task 2 adds none either: counted again
+    assert emb.token_frequencies.tolist() == [3, 4, 3, 4]
+    emb.grow(6, 0, 0.02)  # task 3 adds 2 rows, still from a base-sized vocabulary: counted a third time
+    assert emb.token_frequencies.tolist() == [4, 5, 4, 5, 1, 1]
+    emb.grow(6, 0, 0.02)  # task 4 adds none, but the vocabulary has grown: not counted
+    assert emb.token_frequencies.tolist() == [4, 5, 4, 5, 1, 1]
+    restored = ExpandableTokenEmbedding(torch.zeros(4, 2))
+    restored.load_state_dict(emb.state_dict())
+    assert int(restored.base_size) == 4 and restored.token_frequencies.tolist() == [4, 5, 4, 5, 1, 1]
+
+
+def test_checkpoint_without_base_size_loads_with_the_models_base_size():
+    # checkpoints written before base_size was stored carry a base_counted flag instead
+    old = ExpandableTokenEmbedding(torch.randn(4, 3))
+    old.grow(6, 0.0, 0.02)
+    state = {k: v for k, v in old.state_dict().items() if k != "base_size"}
+    state["base_counted"] = torch.tensor(True)
+    fresh = ExpandableTokenEmbedding(torch.randn(4, 3))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.weight, old.weight) and int(fresh.base_size) == 4
+    nested = torch.nn.ModuleDict({"token_embedding": ExpandableTokenEmbedding(torch.randn(4, 3))})
+    nested["token_embedding"].grow(6, 0.0, 0.02)  # a parent's load does not resize (the best-epoch restore)
+    nested.load_state_dict({f"token_embedding.{k}": v for k, v in state.items()}, strict=False)
+    assert int(nested["token_embedding"].base_size) == 4
+    nested["token_embedding"].grow(7, 0.0, 0.02)  # grown already: the base is not counted again
+    assert nested["token_embedding"].token_frequencies.tolist() == old.token_frequencies.tolist() + [1]
 
 
 def test_row_scale_is_current_reciprocal_with_specials_zero():
@@ -65,4 +99,4 @@ def test_state_dict_round_trip_resizes():
     b = ExpandableTokenEmbedding(torch.randn(4, 3))
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.weight, b.weight) and torch.equal(a.token_frequencies, b.token_frequencies)
-    assert bool(b.base_counted)
+    assert int(b.base_size) == 4
