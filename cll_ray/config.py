@@ -73,6 +73,9 @@ class ModelConfig:
     base: str = "shipped"  # "shipped", "pretrain" (train/cached), or a directory written by `cll-ray pretrain`
     pretrained: str = ""  # local open_clip weights file for real architectures (never downloaded)
     language_vocab_size: int = 2000  # BPE size trained per language (10,000 for real models, §1.4)
+    # the BPE trainer is fed whole batches of this many training lines, the last partial batch dropped (the
+    # reference's batch_iterator); smaller only for data sets of a few dozen captions
+    bpe_batch_lines: int = 64
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,7 @@ _FINITE = (-math.inf, math.inf)
 # key -> (low, high, low inclusive, high inclusive); every bound is also a finite number (no nan, no inf)
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "model.language_vocab_size": (1, math.inf, True, False),
+    "model.bpe_batch_lines": (1, math.inf, True, False),
     "method.init_mean": (*_FINITE, False, False),
     "method.init_std": (0, math.inf, True, False),
     "method.teir_sigma_scale": (0, math.inf, True, False),

@@ -7,6 +7,7 @@ r_i, train with the engine, keep the best epoch, then count the task's tokens in
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -121,7 +122,12 @@ class ContinualLearner:
         """The language BPE of ``captions``, trained once and reused from the data home's tokenizer cache."""
         from cll_ray.sequence import cll_ray_home  # sequence imports this module
 
-        return train_bpe_cached(captions, vocab_size, cll_ray_home(self.cfg) / TOKENIZER_CACHE)
+        batch = self.cfg.model.bpe_batch_lines
+        if len(captions) < batch:
+            warnings.warn(f"{len(captions)} training captions: fewer than one batch of model.bpe_batch_lines="
+                          f"{batch}, so this task's BPE learns no merges (the reference drops a partial batch)",
+                          stacklevel=2)
+        return train_bpe_cached(captions, vocab_size, cll_ray_home(self.cfg) / TOKENIZER_CACHE, batch)
 
     def begin_task(self, task: str | TaskSpec, build_train: bool = True) -> PreparedTask:
         """Grow tokenizer and embedding for the task's language(s) and build its training data.

@@ -166,17 +166,18 @@ def reference_lines(texts: Iterable[str], batch_size: int = REFERENCE_BATCH) -> 
     return lines[: len(lines) - len(lines) % batch_size]
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, *, base: bool = False) -> ClipBPE:
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 1, *, base: bool = False,
+              batch_lines: int = REFERENCE_BATCH) -> ClipBPE:
     """Train a CLIP-style BPE on ``texts``: specials, then single symbols, then merged tokens in merge order.
 
     The language rule (default; continual tasks, joint training) is the reference's ``train_new_from_iterator``
     on CLIP's tokenizer (method.md §1.4): no initial alphabet (transformers passes one only to a plain
     ``ByteLevel`` pre-tokenizer, and CLIP's is a ``Sequence``), so ``vocab_size`` = 2 specials + the byte
-    symbols seen (both forms) + the merged tokens; and only whole batches of 64 lines are fed. ``base=True`` is
+    symbols seen (both forms) + the merged tokens; and only whole batches of ``batch_lines`` (64) lines are fed. ``base=True`` is
     the rule the shipped English base was trained with (``pretrain``): all 256 bytes counted against the size,
     every line used, and every byte in both forms in the vocabulary, so the base tokenizer alone has no OOV.
     """
-    lines = list(texts) if base else reference_lines(texts)
+    lines = list(texts) if base else reference_lines(texts, batch_lines)
     tok = _new_trainable()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -257,7 +258,7 @@ def grow(current: ClipBPE, language: ClipBPE, lang: str = "") -> tuple[ClipBPE, 
     return grown, stats
 
 
-def training_key(texts: Sequence[str], vocab_size: int) -> str:
+def training_key(texts: Sequence[str], vocab_size: int, batch_lines: int = REFERENCE_BATCH) -> str:
     """What a language BPE is a function of: the exact lines, the size, the training rule and the trainer."""
     import hashlib
 
@@ -266,10 +267,13 @@ def training_key(texts: Sequence[str], vocab_size: int) -> str:
     lines = hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
     payload = {"captions": lines, "vocab_size": int(vocab_size), "rule": TRAINING_RULE_VERSION,
                "tokenizers": tokenizers.__version__}
+    if batch_lines != REFERENCE_BATCH:  # the reference's 64 keeps the keys tokenizers were cached under
+        payload["batch_lines"] = int(batch_lines)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def train_bpe_cached(texts: Sequence[str], vocab_size: int, cache_dir: str | Path | None) -> ClipBPE:
+def train_bpe_cached(texts: Sequence[str], vocab_size: int, cache_dir: str | Path | None,
+                     batch_lines: int = REFERENCE_BATCH) -> ClipBPE:
     """``train_bpe`` (language rule), trained once per (captions, size, rule) and reused from ``cache_dir``.
 
     The trainer breaks ties between equally frequent pairs in hash order, which changes from process to
@@ -279,10 +283,10 @@ def train_bpe_cached(texts: Sequence[str], vocab_size: int, cache_dir: str | Pat
     so one language has one BPE in every task order.
     """
     if cache_dir is None:
-        return train_bpe(texts, vocab_size)
-    path = Path(cache_dir) / f"{training_key(texts, vocab_size)}.json"
+        return train_bpe(texts, vocab_size, batch_lines=batch_lines)
+    path = Path(cache_dir) / f"{training_key(texts, vocab_size, batch_lines)}.json"
     if not path.exists():
-        _publish_once(path, train_bpe(texts, vocab_size).to_json())
+        _publish_once(path, train_bpe(texts, vocab_size, batch_lines=batch_lines).to_json())
     try:  # always the stored one: of two processes that trained at once, the first to publish wins for both
         return ClipBPE.from_json(path.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError) as e:

@@ -25,7 +25,7 @@ def learn_and_checkpoint(root, data, base) -> dict:
     <method>/checkpoints/taskNN-<lang>/, <method>/results.jsonl); the probes' embeddings after each task."""
     cfg = load_config(method="cll_clip_teir", overrides=[
         f"data.dataset={data}", "train.batch_size=8", "train.epochs=2", "train.lr=5e-3",
-        "model.language_vocab_size=400", f"run.languages=[{','.join(ORDER)}]"])
+        "model.language_vocab_size=400", "model.bpe_batch_lines=8", f"run.languages=[{','.join(ORDER)}]"])
     run_dir = root / "run"
     base.save(run_dir / "base")
     features = load_or_compute_features(data, base, root / "cache", progress=False)

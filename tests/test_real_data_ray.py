@@ -44,7 +44,7 @@ def test_import_run_export_reload(ray_local, coco, tmp_path, monkeypatch):
     monkeypatch.setenv("CLL_RAY_HOME", str(tmp_path / "home"))
     cfg = load_config(method="cll_clip_teir", overrides=[
         f"data.dataset={coco}", "run.languages=[en,ru]", "train.batch_size=8", "train.epochs=1", "train.lr=5e-3",
-        "model.language_vocab_size=400", "run.num_workers=0"])
+        "model.language_vocab_size=400", "model.bpe_batch_lines=8", "run.num_workers=0"])
     run_dir = tmp_path / "run"
     rows = run_experiment({"cll_clip_teir": cfg}, run_dir, progress=False)["cll_clip_teir"]["rows"]
     assert [r["lang"] for r in rows] == ["en", "ru"]

@@ -150,6 +150,19 @@ def test_language_bpe_drops_the_last_partial_batch_of_64(zh_captions):
     assert "qqqq</w>" in whole.vocab and "zzzz</w>" in whole.vocab
     assert "qqqq</w>" in train_bpe(zh_captions + tail, 2000, base=True).vocab  # the base's rule uses every line
     assert reference_lines(range(130)) == list(range(128))
+    small = train_bpe(tail, 2000, batch_lines=8)  # a smaller batch for a data set of a few dozen captions
+    assert "qqqq</w>" in small.vocab and training_key(tail, 2000, 8) != training_key(tail, 2000)
+
+
+def test_a_task_with_fewer_captions_than_one_batch_warns(shipped_base, tiny_features, tiny_synthxm):
+    from cll_ray.config import load_config
+    from cll_ray.continual import ContinualLearner
+
+    cfg = load_config(method="cll_clip", overrides=["model.language_vocab_size=600"])
+    learner = ContinualLearner(shipped_base, tiny_features, tiny_synthxm, cfg)
+    with pytest.warns(UserWarning, match="40 training captions: fewer than one batch of model.bpe_batch_lines=64"):
+        _, growth = learner.grown_tokenizer("fr", ["un petit cercle rouge"] * 40)
+    assert growth.merges_added == 0
 
 
 def test_base_rule_keeps_every_byte_in_both_forms():

@@ -24,7 +24,8 @@ def test_vit_b32_one_task_end_to_end(tmp_path):
     assert features.image_features.shape == (16, 512) and features.text_features.shape == (24, 512)
     cfg = load_config(method="cll_clip_teir", overrides=[
         f"data.dataset={data}", "model.arch=ViT-B-32", "train.batch_size=8", "train.epochs=1",
-        "train.eval_batch_size=16", "model.language_vocab_size=300"])
+        "train.eval_batch_size=16", "model.language_vocab_size=300",
+        "model.bpe_batch_lines=8"])  # the fixture has 12 Russian training captions
     learner = ContinualLearner(base, features, data, cfg)
     before = {k: v.clone() for k, v in learner.student.backbone_state_dict().items()}
     record = learner.learn("ru", progress=False)
