@@ -158,7 +158,7 @@ def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str]) -> tu
     final, stats = learner.plan_growth(list(order))
     learner.use_plan(final, stats)
     plan = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
-    return plan, {lang: learner.plan[lang][0] for lang in order}
+    return plan, {lang: learner.task_tokenizer(lang) for lang in order}
 
 
 def build_datasets(cfg: ExperimentConfig, inputs: dict) -> dict[str, ray.data.Dataset]:
