@@ -242,3 +242,35 @@ def test_export_embed_search_route_by_language(shipped_base, tiny_features, tiny
         model.encode_text(["un chat"])  # an mla model needs the query's language
     with pytest.raises(ValueError, match="not learned"):
         model.encode_text(["x"], lang="ja")
+
+
+def test_the_drivers_growth_plan_and_caption_encoding(shipped_base, tiny_features, tiny_synthxm, tmp_path):
+    """What the Ray driver does for mla: plan the WordPiece growth once, encode each language's captions with the
+    tokenizer of its task (English: CLIP's), and the workers' learners take the plan's prefixes."""
+    from cll_ray.data import EncodeCaptions
+
+    planner = learner_for("mla", shipped_base, tiny_features, tiny_synthxm)
+    final, stats = planner.plan_growth(ORDER)
+    planner.use_plan(final, stats)
+    assert isinstance(final, WordPieceVocab) and [g.lang for g in stats] == ORDER and stats[0].num_unique == 0
+    assert planner.task_tokenizer("en") is shipped_base.tokenizer
+    worker = learner_for("mla", shipped_base, tiny_features, tiny_synthxm)
+    worker.use_plan(final, stats)
+    in_process = learner_for("mla", shipped_base, tiny_features, tiny_synthxm)
+    for lang in ORDER:
+        assert worker.begin_task(lang, build_train=False).growth == in_process.begin_task(lang).growth
+        assert worker.tokenizer.vocab == in_process.tokenizer.vocab
+        if lang != "en":
+            assert planner.task_tokenizer(lang).vocab == worker.tokenizer.vocab
+    tiny_features.save(tmp_path / "features")
+    encode = EncodeCaptions([{lang: planner.task_tokenizer(lang).to_json() for lang in ORDER}],
+                            worker.context_length, str(tmp_path / "features"))
+    for lang in ORDER:
+        caps = ds.read_captions(tiny_synthxm, lang, require_english=lang != "en")
+        batch = {"lang": np.array([lang] * 4), "caption": np.array(caps.captions[:4]),
+                 "caption_en": np.array((caps.captions if lang == "en" else caps.captions_en)[:4]),
+                 "image_id": np.array(caps.image_ids[:4]), "caption_index": np.arange(4)}
+        ids = encode(batch)["ids_0"]
+        np.testing.assert_array_equal(ids, planner.task_tokenizer(lang).encode(caps.captions[:4], worker.context_length))
+        first = shipped_base.tokenizer.bos_id if lang == "en" else final.vocab[CLS]  # CLIP's BPE, or the WordPiece
+        assert (ids[:, 0] == first).all()
