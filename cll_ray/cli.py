@@ -224,7 +224,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise ValueError("--format npy needs --out FILE.npy")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
-    vectors = model.encode_text(args.texts, normalize=not args.no_normalize)
+    vectors = model.encode_text(args.texts, normalize=not args.no_normalize, lang=args.lang)
     if args.format == "npy":
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
@@ -247,7 +247,7 @@ def _search(args: argparse.Namespace) -> int:
     _nonblank(args.queries, "query")
     model = ExportedModel(args.model, device=args.device)
     model.check_language(args.lang)
-    ranked = model.search(args.queries, args.images, top_k=args.top_k)
+    ranked = model.search(args.queries, args.images, top_k=args.top_k, lang=args.lang)
     if args.json:
         print(json.dumps([{"query": q, "results": [{"path": p, "score": round(s, 6)} for p, s in hits]}
                           for q, hits in zip(args.queries, ranked)], ensure_ascii=False))
@@ -271,7 +271,8 @@ def _add_model_commands(sub) -> None:
     emb = sub.add_parser("embed", help="print text embeddings from an exported model")
     emb.add_argument("texts", nargs="+")
     emb.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
-    emb.add_argument("--lang", help="the texts' language; an error if the model has not learned it")
+    emb.add_argument("--lang", help="the texts' language; an error if the model has not learned it (an mla model "
+                     "needs it: it picks the path and the acquirers)")
     emb.add_argument("--format", choices=("json", "npy"), default="json")
     emb.add_argument("--out", help="with --format npy: the .npy file to write")
     emb.add_argument("--no-normalize", action="store_true", help="raw embeddings instead of L2-normalized")
@@ -283,7 +284,8 @@ def _add_model_commands(sub) -> None:
     sea.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
     sea.add_argument("--images", required=True, help="folder of images (searched recursively)")
     sea.add_argument("--top-k", type=_positive_int, default=5, help="results per query (at least 1)")
-    sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it")
+    sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it (an mla model "
+                     "needs it: it picks the path and the acquirers)")
     sea.add_argument("--json", action="store_true", help="print JSON instead of a ranked list")
     sea.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     sea.set_defaults(func=_search)

@@ -113,13 +113,16 @@ class MethodConfig:
     # mla_adapter / mla: bottleneck width of the per-language adapters/acquirers; 0 = width / 2 (§7, mla.md)
     adapter_width: int = 0
     # mla (mla.md §1.3): Native Language Transfer epochs (MSE to the English teacher, text only), then
-    # Language Exposure epochs (image-text InfoNCE at a fixed temperature, scale 100 in the original)
-    mla_nlt_epochs: int = 3
-    mla_le_epochs: int = 3
+    # Language Exposure epochs (image-text InfoNCE at a fixed temperature, scale 100 in the original);
+    # 2 + 1 = the 3 epochs (train.epochs) every other method gives a language
+    mla_nlt_epochs: int = 2
+    mla_le_epochs: int = 1
     mla_le_temperature: float = 0.01
-    # where mla's shared multilingual embedding starts: "cll_expandable" (the CLL-CLIP expandable embedding,
-    # new rows by method.init) is the only choice without M-BERT weights (mla.md project notes)
-    mla_embedding_init: str = "cll_expandable"
+    # mla's separate multilingual token table (mla.md §1.2): its width d_emb (768 = M-BERT's), then a linear
+    # d_emb -> text width. mbert: a local M-BERT directory (vocab.txt + a BertModel saved with save_pretrained)
+    # whose vocabulary and word embeddings start the table; "" = a WordPiece per language, random new rows
+    mla_embedding_dim: int = 768
+    mbert: str = ""
     # joint: one BPE over all languages' training captions; 0 = language_vocab_size × number of languages
     joint_vocab_size: int = 0
 

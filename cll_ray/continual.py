@@ -24,7 +24,9 @@ from cll_ray.losses import CLLLoss
 from cll_ray.methods import build_method
 from cll_ray.methods.base import Stage, TaskSpec
 from cll_ray.model import TextStudent
-from cll_ray.tokenization import ClipBPE, GrowthStats, grow, train_bpe_cached
+from cll_ray.parallel import data_parallel_rank
+from cll_ray.tokenization import ClipBPE, GrowthStats, train_bpe_cached
+from cll_ray.wordpiece import WordPieceVocab, no_growth, tokenizer_from_json
 
 TOKENIZER_CACHE = "tokenizers"  # under the data home: <key>.json per trained language BPE
 
@@ -51,9 +53,10 @@ class ContinualLearner:
         self.dataset_dir = Path(dataset_dir)
         self.cfg = cfg
         self.method = build_method(cfg.method)
-        self.student = TextStudent(base.clip, base.tokenizer.eos_id)
+        self.student: TextStudent = self.method.build_student(base, cfg.train.seed)
         self.method.attach(self.student)
-        self.tokenizer: ClipBPE = base.tokenizer
+        # the tokenizer of the student's token_embedding (MLA: its multilingual WordPiece, not CLIP's BPE)
+        self.tokenizer: ClipBPE | WordPieceVocab = self.method.initial_tokenizer(base)
         self.tasks: list[dict] = []  # one record per completed task
         self.plan: dict[str, tuple[ClipBPE, GrowthStats]] = {}  # growth computed ahead (the Ray driver's)
         self._split_images = ds.image_ids_by_split(self.dataset_dir)
@@ -63,9 +66,22 @@ class ContinualLearner:
         return self.student.context_length
 
     # ---- data -----------------------------------------------------------------------------------------------
+    def tokenizer_for(self, lang: str) -> ClipBPE | WordPieceVocab:
+        """The tokenizer of ``lang``'s text now: the base model's where the method keeps ``lang`` on the base
+        path (MLA's English, and languages it has not learned yet), else the learned one."""
+        return self.base.tokenizer if self.method.on_base_path(lang) else self.tokenizer
+
+    def task_tokenizer(self, lang: str) -> ClipBPE | WordPieceVocab:
+        """The tokenizer of ``lang``'s training captions at its task, from the growth plan (the Ray driver's)."""
+        return self.base.tokenizer if self.method.keeps_base_path(lang) else self.plan[lang][0]
+
+    def trained_languages(self, spec: TaskSpec) -> tuple[str, ...]:
+        """The languages of a task whose captions train (MLA's English trains nothing)."""
+        return tuple(lang for lang in spec.languages if not self.method.keeps_base_path(lang))
+
     def retrieval_set(self, lang: str, split: str, tokenizer: ClipBPE | None = None) -> RetrievalSet:
         """``lang``'s captions of ``split`` against every image of that split."""
-        tokenizer = tokenizer or self.tokenizer
+        tokenizer = tokenizer or self.tokenizer_for(lang)
         caps = ds.read_captions(self.dataset_dir, lang, splits=(split,))
         images = self._split_images[split]
         position = {image_id: i for i, image_id in enumerate(images)}
@@ -79,7 +95,7 @@ class ContinualLearner:
         english = caps.captions if lang == "en" else caps.captions_en  # for en, x_tgt = x_en (§3)
         image_rows = self.features.image_rows(caps.image_ids)
         return TrainSet(
-            ids=torch.from_numpy(self.tokenizer.encode(caps.captions, self.context_length)),
+            ids=torch.from_numpy(self.tokenizer_for(lang).encode(caps.captions, self.context_length)),
             teacher=torch.from_numpy(self.features.text_features[self.features.text_rows(english)]),
             image=torch.from_numpy(self.features.image_features[image_rows]),
             image_index=torch.from_numpy(image_rows),
@@ -109,14 +125,17 @@ class ContinualLearner:
         return self._grow(self.tokenizer, lang, captions)
 
     def _grow(self, tokenizer: ClipBPE, lang: str, captions: list[str] | None = None) -> tuple[ClipBPE, GrowthStats]:
+        if self.method.keeps_base_path(lang):
+            return no_growth(tokenizer, lang)
         if captions is None:
             captions = ds.read_captions(self.dataset_dir, lang, splits=("train",)).captions
-        return grow(tokenizer, self._train(captions, self.cfg.model.language_vocab_size), lang)
+        return self.method.grow_tokenizer(tokenizer, captions, self.cfg.model.language_vocab_size, lang,
+                                          self._train)
 
     def _grow_joint(self, name: str, captions: list[str], languages: int) -> tuple[ClipBPE, GrowthStats]:
         """One BPE over every language's captions (the reference's oracle vocabulary, §1.4), then grow."""
         size = self.cfg.method.joint_vocab_size or self.cfg.model.language_vocab_size * languages
-        return grow(self.tokenizer, self._train(captions, size), name)
+        return self.method.grow_tokenizer(self.tokenizer, captions, size, name, self._train)
 
     def _train(self, captions: list[str], vocab_size: int) -> ClipBPE:
         """The language BPE of ``captions``, trained once and reused from the data home's tokenizer cache."""
@@ -136,13 +155,16 @@ class ContinualLearner:
         """
         spec = task if isinstance(task, TaskSpec) else TaskSpec(task, (task,))
         index = len(self.tasks)
+        trained = self.trained_languages(spec)
         caps = {lang: ds.read_captions(self.dataset_dir, lang, splits=("train",), require_english=lang != "en")
-                for lang in spec.languages}
+                for lang in trained}
         all_captions = [c for table in caps.values() for c in table.captions]
         if len(spec.languages) == 1:
             self.tokenizer, growth = self.grown_tokenizer(spec.name, all_captions)
+        elif trained:
+            self.tokenizer, growth = self._grow_joint(spec.name, all_captions, len(trained))
         else:
-            self.tokenizer, growth = self._grow_joint(spec.name, all_captions, len(spec.languages))
+            self.tokenizer, growth = no_growth(self.tokenizer, spec.name)
         embedding = self.student.token_embedding
         mean, std = self.method.new_row_distribution(embedding)
         # Seeded per task (the reference is not), so a resumed run draws the same rows.
@@ -153,14 +175,16 @@ class ContinualLearner:
         token_sets = {lang: self.tokenizer.token_set(table.captions) for lang, table in caps.items()}
         for lang, ids in self.method.memory_token_sets().items():
             token_sets[lang] = np.union1d(token_sets.get(lang, np.zeros(0, np.int64)), ids)
-        task_tokens, counts = np.unique(np.concatenate(list(token_sets.values())), return_counts=True)
+        task_tokens, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *token_sets.values()]),
+                                        return_counts=True)
         row_scale = teir_row_scale(
             self.tokenizer.size, torch.from_numpy(task_tokens), embedding.token_frequencies,
             self.tokenizer.special_ids, self.cfg.method.freq_power,
         )
         train = None
-        if build_train or len(spec.languages) > 1:
-            train = TrainSet.concat([self._train_set(lang, table) for lang, table in caps.items()])
+        if trained and (build_train or len(spec.languages) > 1):
+            train = TrainSet.concat([self._train_set(lang, table) for lang, table in caps.items()],
+                                    grouped=self.method.one_language_per_batch)
         val = [self.retrieval_set(lang, "val") for lang in spec.languages]
         return PreparedTask(spec.name, index, growth, task_tokens, row_scale, train, val, spec, counts)
 
@@ -176,7 +200,11 @@ class ContinualLearner:
 
     def _validate(self, task: PreparedTask) -> dict[str, float]:
         train = self.cfg.train
-        scores = [evaluate(self.student, val, train.eval_batch_size, train.precision) for val in task.val]
+        spec = task.spec or TaskSpec(task.lang, (task.lang,))
+        scores = []
+        for lang, val in zip(spec.languages, task.val, strict=True):
+            self.method.activate(lang)  # a joint task routes each language to its own modules
+            scores.append(evaluate(self.student, val, train.eval_batch_size, train.precision))
         return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
     def train_task(
@@ -193,23 +221,29 @@ class ContinualLearner:
         """Train the prepared task. A data-parallel worker passes its shard, its share of the batch, the step
         count all ranks agree on, and ``wrap`` (e.g. Ray's ``prepare_model``) for the task module."""
         train = self.cfg.train
+        spec = task.spec or TaskSpec(task.lang, (task.lang,))
+        stages = self.method.stages(spec, train)
+        if not stages:  # nothing of this task trains (MLA's English): its record holds the validation only
+            return TaskOutcome(best_epoch=-1, best_val=self._validate(task), history=[], steps=0)
         train_set = train_set if train_set is not None else task.train
         batch_size = batch_size or train.batch_size
+        if train_set.group is not None and data_parallel_rank()[1] > 1:
+            raise ValueError(f"{self.cfg.method.name}: one language per batch (the authors' joint schedule) runs on "
+                             "one worker; set run.num_workers=1 (or 0)")
         torch.manual_seed(train.seed)  # seed_everything(42) at every task's fit (§4)
         generator = torch.Generator().manual_seed(train.seed)
-        steps = steps_per_epoch if steps_per_epoch is not None else len(train_set) // batch_size
+        steps = steps_per_epoch if steps_per_epoch is not None else train_set.num_batches(batch_size)
         if steps == 0:
             raise ValueError(f"{task.lang}: {len(train_set)} training captions < batch size {batch_size}")
-        spec = task.spec or TaskSpec(task.lang, (task.lang,))
         outcomes, done = [], 0
-        for stage in self.method.stages(spec, train):
+        for stage in stages:
             self.method.begin_stage(stage)
             module = self.task_module(stage)
             module = wrap(module) if wrap is not None else module
 
             def batches(epoch, stage=stage):
-                for batch in train_set.batches(batch_size, generator, steps=steps, device=device):
-                    yield batch if stage.use_images else {k: v for k, v in batch.items() if k != "image"}
+                yield from train_set.batches(batch_size, generator, steps=steps, device=device,
+                                             images=stage.use_images)
 
             outcome = train_one_task(
                 module, self.method, task.row_scale, epoch_batches=batches, steps_per_epoch=steps,
@@ -236,6 +270,10 @@ class ContinualLearner:
         self.tasks.append(record)
         return record
 
+    def trains(self, task: PreparedTask) -> bool:
+        """Whether the task has a training stage (MLA's English task has none)."""
+        return bool(self.method.stages(task.spec or TaskSpec(task.lang, (task.lang,)), self.cfg.train))
+
     def learn(self, lang: str, progress: bool = True, on_step=None) -> dict:
         task = self.begin_task(lang)
         return self.end_task(task, self.train_task(task, progress=progress, on_step=on_step))
@@ -256,7 +294,7 @@ class ContinualLearner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.tokenizer = ClipBPE.from_json(state["tokenizer"])
+        self.tokenizer = tokenizer_from_json(state["tokenizer"])
         self.student.token_embedding.load_state_dict(state["embedding"])
         self.student.freeze_backbone()
         self.method.load_state_dict(state["method"])

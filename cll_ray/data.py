@@ -18,6 +18,7 @@ from ray.data.expressions import col
 from cll_ray import layout
 from cll_ray.features import FeatureStore
 from cll_ray.tokenization import ClipBPE
+from cll_ray.wordpiece import tokenizer_from_json
 
 MAX_CAPTIONS_PER_IMAGE = 1000  # row keys are image_row * 1000 + caption_index
 
@@ -27,7 +28,7 @@ class EncodeCaptions:
 
     def __init__(self, tokenizers: list[dict[str, str]], context_length: int, features_dir: str):
         # one {lang: tokenizer} per task order: column ids_<k> holds the ids under order k's tokenizers
-        self.tokenizers = [{lang: ClipBPE.from_json(text) for lang, text in order.items()} for order in tokenizers]
+        self.tokenizers = [{lang: tokenizer_from_json(text) for lang, text in order.items()} for order in tokenizers]
         self.context_length = context_length
         self.features = FeatureStore.load(Path(features_dir))
 

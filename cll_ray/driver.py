@@ -31,7 +31,8 @@ from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.io import atomic_write_text
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
-from cll_ray.tokenization import ClipBPE, GrowthStats
+from cll_ray.tokenization import GrowthStats
+from cll_ray.wordpiece import tokenizer_from_json
 from cll_ray.worker import checkpoint_file, single_sequence, train_loop_per_worker
 
 ORPHAN_CHECK_S = 30.0
@@ -165,8 +166,8 @@ def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str], plan:
     if plan is None:
         final, stats = learner.plan_growth(list(order))
         plan = {"tokenizer": final.to_json(), "growth": [asdict(g) for g in stats]}
-    learner.use_plan(ClipBPE.from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
-    return plan, {lang: learner.plan[lang][0] for lang in order}
+    learner.use_plan(tokenizer_from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
+    return plan, {lang: learner.task_tokenizer(lang) for lang in order}
 
 
 def stored_plans(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]], run_dir: Path) -> list[dict]:

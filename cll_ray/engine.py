@@ -51,37 +51,62 @@ class TrainSet:
     image: torch.Tensor  # (N, E) teacher image embedding
     image_index: torch.Tensor  # (N,) image identity, for soft contrastive targets
     keys: torch.Tensor | None = None  # (N,) stable row keys, when the rows came from a data shard
+    group: torch.Tensor | None = None  # (N,) language index: set, every batch holds one language (MLA's schedule)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def concat(cls, sets: list[TrainSet]) -> TrainSet:
-        """The union of several languages' rows (joint training), ids padded to the same width."""
+    def concat(cls, sets: list[TrainSet], grouped: bool = False) -> TrainSet:
+        """The union of several languages' rows (joint training), ids padded to the same width; ``grouped``
+        records each row's language (its index in ``sets``) so that batches keep to one language."""
         if len(sets) == 1:
             return sets[0]
         width = max(s.ids.shape[1] for s in sets)
         ids = [nn.functional.pad(s.ids, (0, width - s.ids.shape[1])) for s in sets]
-        return cls(torch.cat(ids), *(torch.cat([getattr(s, k) for s in sets]) for k in ("teacher", "image", "image_index")))
+        group = torch.cat([torch.full((len(s),), k, dtype=torch.long) for k, s in enumerate(sets)]) if grouped else None
+        return cls(torch.cat(ids), *(torch.cat([getattr(s, k) for s in sets]) for k in ("teacher", "image", "image_index")),
+                   group=group)
 
     def shard(self, rank: int, world: int) -> TrainSet:
         """Every ``world``-th row from ``rank``: a disjoint slice per data-parallel rank."""
         rows = torch.arange(rank, len(self), world)
         return TrainSet(self.ids[rows], self.teacher[rows], self.image[rows], self.image_index[rows],
-                        None if self.keys is None else self.keys[rows])
+                        None if self.keys is None else self.keys[rows], None if self.group is None else self.group[rows])
+
+    def num_batches(self, batch_size: int) -> int:
+        """Full batches per epoch (per language when grouped)."""
+        if self.group is None:
+            return len(self) // batch_size
+        return int(sum(int(n) // batch_size for n in torch.bincount(self.group)))
 
     def batches(self, batch_size: int, generator: torch.Generator, steps: int | None = None,
-                device: torch.device | None = None) -> Iterable[dict[str, torch.Tensor]]:
+                device: torch.device | None = None, images: bool = True) -> Iterable[dict[str, torch.Tensor]]:
         """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference).
 
-        ``steps`` caps the count so that every data-parallel rank takes the same number of steps.
+        ``steps`` caps the count so that every data-parallel rank takes the same number of steps. ``images``
+        False: the batch has no ``image`` and the image features are never read (MLA's text-only NLT). Grouped
+        rows: each language's rows are shuffled and cut into batches, and the batches of every language are
+        shuffled together (the authors' random language per batch); the batch carries its ``group``.
         """
-        order = torch.randperm(len(self), generator=generator)
-        count = len(self) // batch_size if steps is None else min(steps, len(self) // batch_size)
-        for start in range(0, count * batch_size, batch_size):
-            rows = order[start : start + batch_size]
-            batch = {"ids": self.ids[rows], "teacher": self.teacher[rows], "image": self.image[rows],
-                     "image_index": self.image_index[rows]}
+        if self.group is None:
+            order = torch.randperm(len(self), generator=generator)
+            chunks = [order[start : start + batch_size] for start in range(0, len(self) // batch_size * batch_size,
+                                                                            batch_size)]
+        else:
+            chunks = []
+            for g in range(int(self.group.max()) + 1):
+                rows = torch.nonzero(self.group == g).squeeze(1)
+                rows = rows[torch.randperm(len(rows), generator=generator)]
+                chunks += [rows[start : start + batch_size] for start in range(0, len(rows) // batch_size * batch_size,
+                                                                               batch_size)]
+            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        for rows in chunks[: len(chunks) if steps is None else steps]:
+            batch = {"ids": self.ids[rows], "teacher": self.teacher[rows], "image_index": self.image_index[rows]}
+            if images:
+                batch["image"] = self.image[rows]
+            if self.group is not None:
+                batch["group"] = self.group[rows]
             yield {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 

@@ -1,6 +1,8 @@
 """Use an exported model (``cll_ray.export``): text embeddings in any learned language, and image search.
 
-Everything goes through open_clip and `tokenizers` only, exactly as a user without cll-ray would load the folder.
+Everything goes through open_clip and `tokenizers` only, exactly as a user without cll-ray would load the folder;
+an ``mla`` model's non-English languages also need its acquisition encoder (``model.MLAStudent`` over the loaded
+CLIP, with the exported table, linear map and acquirers): the text's language picks the path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer
 
-from cll_ray.export import EXPORT_INFO, WEIGHTS_FILE
+from cll_ray.export import EXPORT_INFO, MLA_TOKENIZER_FILE, MLA_WEIGHTS_FILE, WEIGHTS_FILE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -44,6 +46,31 @@ class ExportedModel:
         except Exception as e:  # the tokenizers library raises a bare Exception
             raise ValueError(f"{self.directory / 'tokenizer.json'}: not a readable tokenizer ({e}); "
                              "export the model again") from e
+        self.encoder = self._load_mla() if "mla" in self.info else None
+
+    def _load_mla(self):
+        """MLA's acquisition encoder over the loaded CLIP: the multilingual table, linear map and acquirers."""
+        from safetensors.torch import load_file
+
+        from cll_ray.methods.adapters import AdapterSite, LayerAdapters
+        from cll_ray.model import MLAStudent
+
+        meta = self.info["mla"]
+        weights = load_file(str(self.directory / MLA_WEIGHTS_FILE))
+        student = MLAStudent(self.model, self.info["eos_id"], weights["table"], meta["sep_id"])
+        student.input_map.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items()
+                                           if k.startswith("input_map.")})
+        width = student.transformer.width
+        sites = [AdapterSite(width, meta["acquirer_width"] or width // 2, bert_init=False)
+                 for _ in student.transformer.resblocks]
+        for lang in meta["languages"]:
+            for layer, site in enumerate(sites):
+                prefix = f"acquirers.{lang}.{layer}."
+                site.banks[lang] = site.new_bank()
+                site.banks[lang].load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+        student.layer_adapter = LayerAdapters(sites)
+        self.mla_tokenizer = Tokenizer.from_file(str(self.directory / MLA_TOKENIZER_FILE))
+        return student.to(self.device).eval()
 
     @property
     def languages(self) -> list[str]:
@@ -58,10 +85,31 @@ class ExportedModel:
         return torch.tensor([e.ids for e in self.tokenizer.encode_batch(list(texts))], dtype=torch.long)  # (N, L)
 
     @torch.no_grad()
-    def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256) -> np.ndarray:
-        """(N, E) float32 text embeddings (L2-normalized unless ``normalize=False``)."""
+    def encode_text(self, texts: list[str], normalize: bool = True, batch_size: int = 256,
+                    lang: str | None = None) -> np.ndarray:
+        """(N, E) float32 text embeddings (L2-normalized unless ``normalize=False``). An ``mla`` model needs the
+        texts' language ``lang``: English (and any language without acquirers) takes CLIP's own path."""
+        if self.encoder is not None:
+            return self._encode_mla(texts, normalize, batch_size, lang)
         out = [self.model.encode_text(self.tokenize(texts[i : i + batch_size]).to(self.device), normalize=normalize)
                for i in range(0, len(texts), batch_size)]
+        return torch.cat(out).float().cpu().numpy()
+
+    def _encode_mla(self, texts: list[str], normalize: bool, batch_size: int, lang: str | None) -> np.ndarray:
+        if lang is None:
+            raise ValueError(f"{self.directory}: an mla model routes a text by its language; give it (--lang), "
+                             f"one of {', '.join(self.languages)}")
+        self.check_language(lang)
+        multilingual = lang in self.info["mla"]["languages"]
+        self.encoder.multilingual = multilingual
+        for site in self.encoder.layer_adapter.sites:
+            site.active = lang if multilingual else None
+        tokenizer = self.mla_tokenizer if multilingual else self.tokenizer
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = torch.tensor([e.ids for e in tokenizer.encode_batch(list(texts[i : i + batch_size]))])
+            vectors = self.encoder(ids.to(self.device))
+            out.append(torch.nn.functional.normalize(vectors, dim=-1) if normalize else vectors)
         return torch.cat(out).float().cpu().numpy()
 
     @torch.no_grad()
@@ -79,12 +127,13 @@ class ExportedModel:
             out.append(self.model.encode_image(torch.stack(pixels).to(self.device), normalize=normalize))
         return torch.cat(out).float().cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
-    def search(self, queries: list[str], folder: str | Path, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    def search(self, queries: list[str], folder: str | Path, top_k: int = 5,
+               lang: str | None = None) -> list[list[tuple[str, float]]]:
         """For each query, the ``top_k`` images of ``folder`` (recursively) by cosine similarity, best first."""
         paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not paths:
             raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        scores = self.encode_text(queries) @ self.encode_images(paths).T  # (Q, N)
+        scores = self.encode_text(queries, lang=lang) @ self.encode_images(paths).T  # (Q, N)
         ranked = []
         for row in scores:
             best = np.argsort(-row, kind="stable")[:top_k]

@@ -7,6 +7,7 @@ Every open_clip attribute access lives here, so the rest of the project depends 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import contextmanager
 from importlib import resources
 
@@ -130,12 +131,46 @@ class TextStudent(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Unnormalized sentence embeddings ``s = W_proj · LN(h_L)[first EOS]``: (B, L) -> (B, E)."""
-        ids = trim_after_eos(ids, self.eos_id)
-        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
+        return self.encode_tokens(ids, self.token_embedding, self.eos_id)
+
+    def encode_tokens(self, ids: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor], pool_id: int) -> torch.Tensor:
+        """``embed(ids)`` + CLIP's positions through the tower, final LN, pooled at the first ``pool_id``, projected."""
+        ids = trim_after_eos(ids, pool_id)
+        x = embed(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         mask = self.attn_mask[: ids.shape[1], : ids.shape[1]]
         with attention_backend(ids.device):
             x = self.encode_layers(x, mask)
         x = self.ln_final(x)
-        pooled = eos_first_pool(x, ids, self.eos_id)  # (B, D)
+        pooled = eos_first_pool(x, ids, pool_id)  # (B, D)
         proj = self.text_projection
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj  # (B, E)
+
+
+class MLAStudent(TextStudent):
+    """MLA's language acquisition encoder (mla.md §1.2) beside CLIP's untouched text path.
+
+    ``multilingual`` False: CLIP's own token embedding (a frozen copy), positions, tower and projection, pooled
+    at EOS; with no acquirer active this is the base model exactly (MLA's English). True: the separate
+    multilingual table (``token_embedding``, width d_emb: what grows and what TEIR scales), a linear
+    ``input_map`` d_emb → text width, CLIP's positions, the frozen tower with the active language's acquirers
+    (``layer_adapter``), the final LN and projection, pooled at ``[SEP]``.
+    """
+
+    def __init__(self, clip: open_clip.CLIP, eos_id: int, table: torch.Tensor, sep_id: int, seed: int = 0) -> None:
+        super().__init__(clip, eos_id)
+        self.clip_embedding = nn.Embedding.from_pretrained(clip.token_embedding.weight.detach().clone(), freeze=True)
+        self.token_embedding = ExpandableTokenEmbedding(table)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # every data-parallel rank (and a resumed run) starts from the same map
+            self.input_map = nn.Linear(table.shape[1], self.transformer.width)  # PyTorch's default init
+        self.sep_id = sep_id
+        self.multilingual = False
+        self.freeze_backbone()
+
+    def multilingual_embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.input_map(self.token_embedding(ids))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.multilingual:
+            return self.encode_tokens(ids, self.multilingual_embed, self.sep_id)
+        return self.encode_tokens(ids, self.clip_embedding, self.eos_id)

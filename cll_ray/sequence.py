@@ -108,7 +108,7 @@ def evaluate_task(learner: ContinualLearner, record: dict, order: list[str], zer
         "task": t, "lang": record["lang"], "method": learner.cfg.method.name, "seconds": round(seconds, 1),
         "joint": joint, "languages": seen, "order": list(order), "growth": record["growth"],
         "best_epoch": record["best_epoch"],
-        "best_val_r_mean": record["best_val"]["r_mean"], "train_loss": record["history"][-1]["train_loss"],
+        "best_val_r_mean": record["best_val"]["r_mean"], "train_loss": record["history"][-1]["train_loss"] if record["history"] else None,
         "cl": cl, "zero_shot": zero_shot,
     })
     return record["result"]
@@ -137,8 +137,8 @@ def run_tasks(
     for t in range(len(learner.tasks), len(specs)):
         started = time.time()
         task = learner.begin_task(specs[t], build_train=train_set_for is None)
-        if train_set_for is None:
-            train_set = task.train
+        if train_set_for is None or not learner.trains(task):
+            train_set = task.train  # None where nothing trains (MLA's English): no shard is read
         elif task.train is not None:  # a joint task reads its data in-process: each rank takes its slice
             train_set = task.train.shard(*data_parallel_rank())
         else:
@@ -146,7 +146,7 @@ def run_tasks(
         steps_log: list[list[float]] = []
         outcome = learner.train_task(
             task, train_set, batch_size=batch_size, wrap=wrap, device=device, progress=progress,
-            steps_per_epoch=steps_for(len(train_set)) if steps_for is not None else None,
+            steps_per_epoch=steps_for(len(train_set)) if steps_for is not None and train_set is not None else None,
             on_step=lambda step, s, log=steps_log: log.append([step, s["loss"], s["cross_lingual"], s["cross_modal"]]),
         )
         record = learner.end_task(task, outcome)

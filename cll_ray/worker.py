@@ -26,7 +26,8 @@ from cll_ray.continual import ContinualLearner
 from cll_ray.data import collect_train_set
 from cll_ray.features import FeatureStore
 from cll_ray.sequence import run_tasks, zero_shot_scores
-from cll_ray.tokenization import ClipBPE, GrowthStats
+from cll_ray.tokenization import GrowthStats
+from cll_ray.wordpiece import tokenizer_from_json
 
 REPORTED_METRICS = ("t2i_r1", "i2t_r1")  # AA and F of these go into every report
 
@@ -87,7 +88,7 @@ def train_loop_per_worker(config: dict) -> dict:
         learner = ContinualLearner(base, features, config["dataset_dir"], cfg)
         # the driver already grew the tokenizer through the order (the same pure function): reuse its plan
         plan = seq["plan"]
-        learner.use_plan(ClipBPE.from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
+        learner.use_plan(tokenizer_from_json(plan["tokenizer"]), [GrowthStats(**g) for g in plan["growth"]])
         learner.student.to(device)
         zero_shot = None
         if seq["key"] in restored:

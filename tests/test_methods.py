@@ -67,13 +67,16 @@ def test_teir_ablation_presets():
     assert p["oewc"].ewc_lambda == 1000.0 and p["oewc"].ewc_gamma == 1.0
     assert p["er"].memory_size == 8000 and p["der"].memory_size == 8000 and p["der"].kind == "der"
     assert p["lora"].lora_rank == 8 and p["lora"].lora_alpha == 8.0
-    assert p["mla"].init == "teir" and p["mla"].mla_embedding_init == "cll_expandable"  # mla.md notes
+    # mla.md notes: TEIR's init only in _teir presets; mla's 2 + 1 stage epochs = every preset's 3 per language
+    assert p["mla"].init == "normal" and p["mla_teir"].init == "teir" and p["mla"].mla_embedding_dim == 768
+    assert p["mla"].mla_nlt_epochs + p["mla"].mla_le_epochs == 3
+    assert p["mla_joint"].kind == "mla_joint" and p["mla_joint"].init == "normal"
     assert p["joint"].kind == "joint" and p["joint"].init == "normal"
 
 
 @pytest.mark.parametrize("preset, override, message", [
     ("cll_clip", "method.kind=nope", "unknown method.kind 'nope'"), ("er", "method.memory_size=0", "memory_size"),
-    ("mla", "method.mla_embedding_init=mbert", "mla_embedding_init"), ("oewc", "method.ewc_lambda=-1", "ewc_lambda"),
+    ("mla", "method.mla_embedding_dim=0", "mla_embedding_dim"), ("oewc", "method.ewc_lambda=-1", "ewc_lambda"),
     ("mla", "method.mla_le_epochs=0", "not both 0"), ("joint", "method.joint_vocab_size=-1", "joint_vocab_size"),
     ("lwf", "method.lwf_weight=-1", "lwf_weight"),
 ])
@@ -230,7 +233,7 @@ def test_ewc_fisher_is_mean_squared_batch_gradient_accumulated_with_gamma():
 
 
 # ---- LoRA / adapters -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["lora", "mla_adapter", "mla"])
+@pytest.mark.parametrize("name", ["lora", "mla_adapter"])  # mla: tests/test_mla.py
 def test_language_banks_route_by_language_and_freeze(name, student):
     batch = batch_of(4, student)
     base_out = student(batch["ids"]).detach()

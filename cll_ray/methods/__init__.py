@@ -10,7 +10,7 @@ from cll_ray.methods.ewc import OnlineEWC
 from cll_ray.methods.finetune import FinetuneAll
 from cll_ray.methods.joint import Joint
 from cll_ray.methods.lwf import LwF
-from cll_ray.methods.mla import MLA
+from cll_ray.methods.mla import MLA, MLAJoint
 from cll_ray.methods.replay import DarkExperienceReplay, ExperienceReplay
 
 # method.kind -> class; presets (configs/methods.yaml) pick a kind and set its hyper-parameters
@@ -24,6 +24,7 @@ METHODS: dict[str, type[Method]] = {
     "lora": LoRA,
     "mla_adapter": MLAAdapter,
     "mla": MLA,
+    "mla_joint": MLAJoint,
     "joint": Joint,
 }
 

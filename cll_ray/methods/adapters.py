@@ -34,12 +34,13 @@ class Site(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """``W_up ReLU(W_down y + b_down) + b_up``; weights N(0, 0.02), zero biases (adapters' ``bert`` init)."""
+    """``W_up ReLU(W_down y + b_down) + b_up``; weights N(0, 0.02), zero biases (adapters' ``bert`` init), or
+    PyTorch's default ``nn.Linear`` init (``bert_init=False``: MLA's acquirers, mla.md §1.2)."""
 
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, bert_init: bool = True) -> None:
         super().__init__()
         self.down, self.up = nn.Linear(width, hidden), nn.Linear(hidden, width)
-        for linear in (self.down, self.up):
+        for linear in (self.down, self.up) if bert_init else ():
             nn.init.normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
 
@@ -50,12 +51,12 @@ class Bottleneck(nn.Module):
 class AdapterSite(Site):
     """After a block's output y (= x + FFN(LN2(x))): ``y' = y + Bottleneck(y)``, no extra LayerNorm."""
 
-    def __init__(self, width: int, hidden: int) -> None:
+    def __init__(self, width: int, hidden: int, bert_init: bool = True) -> None:
         super().__init__()
-        self.width, self.hidden = width, hidden
+        self.width, self.hidden, self.bert_init = width, hidden, bert_init
 
     def new_bank(self) -> nn.Module:
-        return Bottleneck(self.width, self.hidden)
+        return Bottleneck(self.width, self.hidden, self.bert_init)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         bank = self.bank()
@@ -185,9 +186,12 @@ class LoRA(LanguageRouted):
 class MLAAdapter(LanguageRouted):
     """The CLL-CLIP paper's MLA baseline: a bottleneck adapter after every layer's output, one per language."""
 
+    bert_init = True  # adapters' init (§7); MLA's acquirers keep PyTorch's
+
     def attach(self, student) -> None:
         super().attach(student)
         hidden = self.bottleneck_width(student)
-        self.sites = [AdapterSite(student.transformer.width, hidden) for _ in student.transformer.resblocks]
+        self.sites = [AdapterSite(student.transformer.width, hidden, self.bert_init)
+                      for _ in student.transformer.resblocks]
         student.layer_adapter = LayerAdapters(self.sites)
         student.freeze_backbone()

@@ -44,6 +44,10 @@ class Method:
     keeps across tasks (memories, Fisher, adapters, …) in checkpoints: tensors and plain values only.
     """
 
+    # every training batch holds one language of a multi-language task (MLA's joint schedule), its rows carry
+    # the language's index as ``group``
+    one_language_per_batch = False
+
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
         self.student = None
@@ -56,6 +60,32 @@ class Method:
     def tasks(self, order: list[str]) -> list[TaskSpec]:
         """The tasks for a language order: one per language (continual learning)."""
         return [TaskSpec(lang, (lang,)) for lang in order]
+
+    def build_student(self, base, seed: int):
+        """The learner's student over ``base`` (a ``BaseModel``): CLIP's text tower with its token embedding."""
+        from cll_ray.model import TextStudent
+
+        return TextStudent(base.clip, base.tokenizer.eos_id)
+
+    def initial_tokenizer(self, base):
+        """The tokenizer the student's ``token_embedding`` starts with: the base model's."""
+        return base.tokenizer
+
+    def grow_tokenizer(self, tokenizer, captions: list[str], vocab_size: int, name: str, train_bpe):
+        """``tokenizer`` grown by a BPE of ``vocab_size`` trained on ``captions`` by ``train_bpe`` (the learner's
+        cached language rule, §1.4): (grown, GrowthStats)."""
+        from cll_ray.tokenization import grow
+
+        return grow(tokenizer, train_bpe(captions, vocab_size), name)
+
+    def keeps_base_path(self, lang: str) -> bool:
+        """Whether ``lang`` never leaves the base model's own tokenizer, embedding and tower (MLA's English): its
+        task grows and trains nothing."""
+        return False
+
+    def on_base_path(self, lang: str) -> bool:
+        """Whether ``lang``'s text is encoded by the base tokenizer now (MLA: English, and languages not learned yet)."""
+        return self.keeps_base_path(lang)
 
     def attach(self, student) -> None:
         """Called once with the learner's student, before any task or state is loaded."""
