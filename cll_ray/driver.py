@@ -29,6 +29,7 @@ from cll_ray.continual import ContinualLearner
 from cll_ray.data import build_train_datasets
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.io import atomic_write_text
+from cll_ray.methods import build_method
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.tokenization import GrowthStats
@@ -170,11 +171,19 @@ def plan_tokenizers(cfg: ExperimentConfig, inputs: dict, order: list[str], plan:
     return plan, {lang: learner.task_tokenizer(lang) for lang in order}
 
 
+def plan_file(cfg: ExperimentConfig) -> str:
+    """The plan file of ``cfg``'s tokenizer family: ``tokenizer_plan.json`` for CLIP's BPE (every CLL-CLIP-style
+    method), ``tokenizer_plan.<family>.json`` for another (MLA's WordPiece)."""
+    family = build_method(cfg.method).tokenizer_family
+    return PLAN_FILE if family == "clip_bpe" else PLAN_FILE.replace(".json", f".{family}.json")
+
+
 def stored_plans(cfg: ExperimentConfig, inputs: dict, orders: list[list[str]], run_dir: Path) -> list[dict]:
-    """Every order's tokenizer plan: read from ``run_dir/tokenizer_plan.json``, or made and written there the
-    first time, so a resumed run (and ``report``/``export``, which read its checkpoints) uses the tokenizers the
-    run started with, even if training a BPE again would break a tie differently."""
-    path = Path(run_dir) / PLAN_FILE
+    """Every order's tokenizer plan for ``cfg``'s tokenizer family: read from ``run_dir/tokenizer_plan.json`` (or
+    the family's file), or made and written there the first time, so a resumed run (and ``report``/``export``,
+    which read its checkpoints) uses the tokenizers the run started with, even if training a BPE again would
+    break a tie differently."""
+    path = Path(run_dir) / plan_file(cfg)
     if path.exists():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -309,13 +318,18 @@ def run_experiment(
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
     ensure_ray(num_cpus)
-    sequences = None
     orders = run_orders(cfg) if cfg.run.orders > 1 else [list(cfg.run.languages)]
-    plans = stored_plans(cfg, inputs, orders, run_dir)
-    if cfg.run.orders > 1:
-        sequences, datasets = order_sequences(cfg, inputs, orders, plans)
-    else:
-        datasets = build_datasets(cfg, inputs, plans[0])
+    # one plan and one set of tokenized datasets per tokenizer family (CLIP's BPE; MLA's WordPiece)
+    families: dict[str, tuple[dict, list[dict] | None, dict]] = {}
+    for method_cfg in cfgs.values():
+        family = plan_file(method_cfg)
+        if family not in families:
+            family_inputs = dict(inputs)  # build_datasets stores the family's plan in it
+            plans = stored_plans(method_cfg, family_inputs, orders, run_dir)
+            if cfg.run.orders > 1:
+                families[family] = (family_inputs, *order_sequences(method_cfg, family_inputs, orders, plans))
+            else:
+                families[family] = (family_inputs, None, build_datasets(method_cfg, family_inputs, plans[0]))
     # 3. one Trainer per method, as many side by side as the cluster holds; the others wait their turn here,
     # not in Ray (a Trainer waiting for its worker group gives up after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
     outcomes: dict[str, dict] = {}
@@ -329,7 +343,8 @@ def run_experiment(
         try:
             with slots:
                 started = time.time()
-                result = build_trainer(method_cfg, inputs, datasets, run_dir, sequences=sequences).fit()
+                family_inputs, sequences, datasets = families[plan_file(method_cfg)]
+                result = build_trainer(method_cfg, family_inputs, datasets, run_dir, sequences=sequences).fit()
                 rows = write_outputs(method_cfg, result, run_dir, sequences)
                 outcomes[method_cfg.method.name] = {"rows": rows, "return_value": result.return_value,
                                                     "seconds": round(time.time() - started, 1)}

@@ -302,7 +302,8 @@ def load_paper(path: str | Path) -> dict:
 
 def copy_results(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Copy what a results table is built from (each method's ``results.jsonl`` and ``config.yaml``, every task
-    order's, without checkpoints or events) into ``out``, which must not exist: written beside it, then renamed."""
+    order's, without checkpoints or events) into ``out`` (one run: as ``out`` itself; several: ``out/<run>``),
+    which must not exist: written beside it, then renamed."""
     import shutil
 
     out = Path(out)
@@ -310,13 +311,15 @@ def copy_results(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         raise FileExistsError(f"{out}: already exists (results are never overwritten; remove it first)")
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for run in map(lambda p: Path(p).expanduser(), run_dirs):
+    runs = [Path(p).expanduser() for p in run_dirs]
+    for run in runs:
         for src in sorted(run.rglob(RESULTS_FILE)):
             if "train" in src.relative_to(run).parts:
                 continue  # Ray Train's own folders (checkpoints) are not results
             for name in (RESULTS_FILE, CONFIG_FILE):
                 if (src.parent / name).exists():
-                    dest = tmp / run.name / src.parent.relative_to(run) / name
+                    # one run: its folders become out's; several: one sub-folder per run
+                    dest = (tmp if len(runs) == 1 else tmp / run.name) / src.parent.relative_to(run) / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src.parent / name, dest)
     if not tmp.exists():

@@ -87,6 +87,22 @@ def test_several_task_orders_in_one_trainer(local_run, tmp_path, capsys):
         export_model(tmp_path / "run", tmp_path / "model")
 
 
+def test_methods_of_two_tokenizer_families_in_one_run(ray_local, tmp_path):
+    """CLL-CLIP grows CLIP's BPE, mla a WordPiece of its own: one run plans and tokenizes once per family, and
+    each method trains on its own family's ids (an mla task on BPE ids would index past its table)."""
+    short = ["run.languages=[en,fr]", "train.epochs=1"]
+    cfgs = {"cll_clip": tiny_config("cll_clip", 0, *short), "mla": tiny_config("mla", 0, *short)}
+    outcomes = run_experiment(cfgs, tmp_path / "run", progress=False)
+    assert [len(outcomes[m]["rows"]) for m in cfgs] == [2, 2]
+    assert sorted(p.name for p in (tmp_path / "run").glob("tokenizer_plan*.json")) == [
+        "tokenizer_plan.json", "tokenizer_plan.wordpiece.json"]
+    bpe, wordpiece = (json.loads((tmp_path / "run" / name).read_text())["orders"][0]["tokenizer"]
+                      for name in ("tokenizer_plan.json", "tokenizer_plan.wordpiece.json"))
+    assert json.loads(bpe)["model"]["type"] == "BPE" and json.loads(wordpiece)["model"]["type"] == "WordPiece"
+    mla = outcomes["mla"]["rows"][-1]
+    assert mla["scores"]["t2i_r1"][0] == mla["zero_shot"]["t2i_r1"][0]  # English stays on CLIP's path
+
+
 @pytest.mark.slow
 def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
     one = run_experiment({"m": tiny_config(workers=1)}, tmp_path / "one", progress=False)["cll_clip_teir"]

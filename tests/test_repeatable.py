@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import cli, cli_env, kill_tree
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]  # two CLI runs: CI's slow step
 
 TINY = ["--methods", "cll_clip_teir", "--langs", "en,zh", "--workers", "0", "--quiet", "data.synthxm_size=tiny",
         "train.epochs=1", "train.batch_size=32", "model.language_vocab_size=600"]

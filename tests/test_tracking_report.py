@@ -421,3 +421,9 @@ def test_a_report_killed_while_writing_leaves_the_previous_one(run_dir, monkeypa
     monkeypatch.setattr(Path, "write_text", real)
     assert report.read_bytes() == before[report]  # the previous complete report, not half a new one
     assert not [p for p in run_dir.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_one_run_is_copied_as_the_results_folder_itself(run_dir, tmp_path):
+    assert main([str(run_dir), "--copy-results", str(tmp_path / "default")]) == 0
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["cll_clip", "cll_clip_teir"]
+    assert collect_results([tmp_path / "default"]) == collect_results([run_dir])

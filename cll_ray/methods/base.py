@@ -71,6 +71,12 @@ class Method:
         """The tokenizer the student's ``token_embedding`` starts with: the base model's."""
         return base.tokenizer
 
+    @property
+    def tokenizer_family(self) -> str:
+        """Methods of one family grow the same tokenizers from the same captions, so a run plans (and tokenizes
+        its datasets) once per family: CLIP's BPE here."""
+        return "clip_bpe"
+
     def grow_tokenizer(self, tokenizer, captions: list[str], vocab_size: int, name: str, train_bpe):
         """``tokenizer`` grown by a BPE of ``vocab_size`` trained on ``captions`` by ``train_bpe`` (the learner's
         cached language rule, §1.4): (grown, GrowthStats)."""

@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from cll_ray.config import TrainConfig
@@ -55,6 +57,14 @@ class MLA(MLAAdapter):
 
     def initial_tokenizer(self, base):
         return self.mbert()[0] if self.cfg.mbert else specials_only()
+
+    @property
+    def tokenizer_family(self) -> str:  # a WordPiece grown per language, or a local M-BERT's fixed vocabulary
+        if not self.cfg.mbert:
+            return "wordpiece"
+        import hashlib
+
+        return "mbert-" + hashlib.sha256(str(Path(self.cfg.mbert).expanduser().resolve()).encode()).hexdigest()[:8]
 
     def build_student(self, base, seed: int):
         from cll_ray.model import MLAStudent
