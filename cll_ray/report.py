@@ -313,15 +313,13 @@ def copy_results(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     runs = [Path(p).expanduser() for p in run_dirs]
     for run in runs:
-        for src in sorted(run.rglob(RESULTS_FILE)):
+        for src in sorted([*run.rglob(RESULTS_FILE), *run.rglob(CONFIG_FILE)]):
             if "train" in src.relative_to(run).parts:
                 continue  # Ray Train's own folders (checkpoints) are not results
-            for name in (RESULTS_FILE, CONFIG_FILE):
-                if (src.parent / name).exists():
-                    # one run: its folders become out's; several: one sub-folder per run
-                    dest = (tmp if len(runs) == 1 else tmp / run.name) / src.parent.relative_to(run) / name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src.parent / name, dest)
+            # one run: its folders become out's; several: one sub-folder per run
+            dest = (tmp if len(runs) == 1 else tmp / run.name) / src.relative_to(run)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
     if not tmp.exists():
         raise FileNotFoundError(f"no {RESULTS_FILE} under {', '.join(map(str, run_dirs))}")
     out.parent.mkdir(parents=True, exist_ok=True)
