@@ -64,7 +64,10 @@ def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
     from cll_ray.checkpoint import check_resumable, load_run_configs
 
     run_dir = tmp_path / "interrupted"
-    proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=interrupted"], env, start_new_session=True)
+    # as in a terminal: SIGINT at its default. A test run from a background job (CI, `cmd &`) inherits SIGINT
+    # ignored, and Python then leaves it ignored in the child: Ctrl-C would never reach the run.
+    proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=interrupted"], env, start_new_session=True,
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task00-en"
     deadline = time.time() + 900
     while not first_checkpoint.exists():
