@@ -6,6 +6,7 @@ parameter used in the forward (it raises at the next step otherwise, hence two s
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -58,7 +59,9 @@ def _rank_main(rank: int, world: int, paths: dict) -> None:
         }
     with open(paths[f"out{rank}"], "w") as f:
         json.dump(out, f)
+    dist.barrier()  # both ranks done before either tears gloo down (a rank leaving early aborts the other)
     dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown, where gloo's threads can abort a finished rank (SIGABRT)
 
 
 def test_two_ranks_end_every_task_identical(tiny_synthxm, tiny_features, tmp_path):
