@@ -12,12 +12,12 @@ from cll_ray.methods.base import TaskSpec
 from cll_ray.methods.cll_clip import CLLCLIP
 
 
-class Joint(CLLCLIP):
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if cfg.joint_vocab_size < 0:
-            raise ValueError(f"method.joint_vocab_size must be >= 0 (0 = per-language size × languages), "
-                             f"got {cfg.joint_vocab_size}")
+class AllLanguagesAtOnce:
+    """One task over every language of the order (method.joint_vocab_size >= 0 is checked with the config)."""
 
     def tasks(self, order: list[str]) -> list[TaskSpec]:
         return [TaskSpec("joint", tuple(order))]
+
+
+class Joint(AllLanguagesAtOnce, CLLCLIP):
+    pass

@@ -26,6 +26,7 @@ import torch
 from cll_ray.config import TrainConfig
 from cll_ray.methods.adapters import MLAAdapter
 from cll_ray.methods.base import Stage, TaskSpec
+from cll_ray.methods.joint import AllLanguagesAtOnce
 from cll_ray.wordpiece import grow_wordpiece, load_mbert, no_growth, specials_only, train_wordpiece
 
 ENGLISH = "en"
@@ -145,18 +146,9 @@ class MLA(MLAAdapter):
         self.student.input_map.requires_grad_(False)
 
 
-class MLAJoint(MLA):
+class MLAJoint(AllLanguagesAtOnce, MLA):
     """The authors' schedule (mla.md §1.3): NLT over every language at once, then LE from its result, a random
     language per batch; English stays CLIP's. The non-continual reference for ``mla``, as ``joint`` is for CLL-CLIP.
     One WordPiece over all the languages' captions (``method.joint_vocab_size``; 0 = per-language size × languages)."""
 
     one_language_per_batch = True
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if cfg.joint_vocab_size < 0:
-            raise ValueError(f"method.joint_vocab_size must be >= 0 (0 = per-language size × languages), "
-                             f"got {cfg.joint_vocab_size}")
-
-    def tasks(self, order: list[str]) -> list[TaskSpec]:
-        return [TaskSpec("joint", tuple(order))]
