@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
-    from cll_ray.driver import run_experiment
+    from cll_ray.distributed.driver import run_experiment
     from cll_ray.report import main as report_main
 
     run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
@@ -118,8 +118,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from cll_ray.config import ConfigError
-    from cll_ray.sweep_report import build_sweep_report
-    from cll_ray.tuner import run_sweep
+    from cll_ray.distributed.sweep_report import build_sweep_report
+    from cll_ray.distributed.tuner import run_sweep
 
     started = time.time()
     if args.resume:
@@ -146,7 +146,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cll_ray.sweep_report import build_sweep_report, is_sweep_dir
+    from cll_ray.distributed.sweep_report import build_sweep_report, is_sweep_dir
 
     if len(args.run_dirs) == 1 and is_sweep_dir(args.run_dirs[0]):
         report, table = build_sweep_report(args.run_dirs[0], args.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,22 +83,14 @@ def features_key(dataset_dir: str | Path, base: BaseModel) -> str:
 
 def load_or_compute_features(
     dataset_dir: str | Path, base: BaseModel, cache_root: str | Path, progress: bool = True, chunk: int = 2048,
-    base_dir: str | Path | None = None,
+    compute: Callable[[], FeatureStore] | None = None,
 ) -> FeatureStore:
-    """The cached features for (dataset, base model), computing them first if needed.
-
-    With ``base_dir`` (where ``base`` is saved) they are computed by the Ray Data job of ``cll_ray.inference``
-    on the current Ray cluster (GPUs when it has them); without, in this process.
-    """
+    """The cached features for (dataset, base model), computing them first if needed: with ``compute`` (the Ray
+    Data job of ``cll_ray.distributed.feature_job``, say), else in this process."""
     folder = Path(cache_root) / "features" / features_key(dataset_dir, base)
     if (folder / "keys.json").exists():
         return FeatureStore.load(folder)
-    if base_dir is not None:
-        from cll_ray.inference import compute_features
-
-        store = compute_features(dataset_dir, base_dir)
-    else:
-        store = _compute_in_process(dataset_dir, base, progress, chunk)
+    store = compute() if compute is not None else _compute_in_process(dataset_dir, base, progress, chunk)
     store.save(folder)
     return store
 

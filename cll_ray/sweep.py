@@ -56,15 +56,6 @@ class Param:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and (
             lo <= value < hi if self.kind == "randint" else lo <= value <= hi)
 
-    def to_tune(self):
-        from ray import tune  # a search-space object only: importing it does not start Ray
-
-        if self.kind == "grid":
-            return tune.grid_search(list(self.args))
-        if self.kind == "choice":
-            return tune.choice(list(self.args))
-        return getattr(tune, self.kind)(*self.args)
-
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -85,10 +76,6 @@ class SearchSpace:
     reduction_factor: int = 3
     description: str = ""
     raw: Mapping = field(default_factory=dict, compare=False)
-
-    def to_tune(self) -> dict:
-        """Tune's ``param_space``: dotted key -> Tune domain."""
-        return {p.key: p.to_tune() for p in self.params}
 
     def base_config(self, extra_overrides: Sequence[str] = ()) -> ExperimentConfig:
         from cll_ray.config import load_config

@@ -247,7 +247,7 @@ def test_export_embed_search_route_by_language(shipped_base, tiny_features, tiny
 def test_the_drivers_growth_plan_and_caption_encoding(shipped_base, tiny_features, tiny_synthxm, tmp_path):
     """What the Ray driver does for mla: plan the WordPiece growth once, encode each language's captions with the
     tokenizer of its task (English: CLIP's), and the workers' learners take the plan's prefixes."""
-    from cll_ray.data import EncodeCaptions
+    from cll_ray.distributed.train_data import EncodeCaptions
 
     planner = learner_for("mla", shipped_base, tiny_features, tiny_synthxm)
     final, stats = planner.plan_growth(ORDER)

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from cll_ray.config import load_config
-from cll_ray.driver import run_experiment
+from cll_ray.distributed.driver import run_experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
@@ -62,7 +62,7 @@ def test_local_mode_run_writes_every_output(local_run):
 def test_several_task_orders_in_one_trainer(local_run, tmp_path, capsys):
     """--orders 2: one Trainer learns both orders; each order is an ordinary run directory under orders/, order 0
     equals a run of that order alone, and the report compares the method across the orders."""
-    from cll_ray.driver import run_orders
+    from cll_ray.distributed.driver import run_orders
     from cll_ray.export import export_model
     from cll_ray.report import collect_results
     from cll_ray.report import main as report_main
@@ -174,7 +174,7 @@ def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path
 def test_orphan_release_keeps_a_live_drivers_placement_groups(ray_local):
     from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
-    from cll_ray.driver import release_orphaned_placement_groups
+    from cll_ray.distributed.cluster import release_orphaned_placement_groups
 
     group = placement_group([{"CPU": 1}])
     ray.get(group.ready(), timeout=60)
@@ -186,7 +186,7 @@ def test_orphan_release_keeps_a_live_drivers_placement_groups(ray_local):
 def test_a_dead_jobs_group_is_orphaned_even_when_ray_never_flagged_its_creator_dead():
     from ray.core.generated import gcs_pb2
 
-    from cll_ray.driver import is_orphaned
+    from cll_ray.distributed.cluster import is_orphaned
 
     dead, live = bytes.fromhex("01000000"), bytes.fromhex("02000000")
     actor = bytes.fromhex("ab" * 16)

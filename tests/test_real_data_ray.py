@@ -9,11 +9,11 @@ from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import load_checkpoint
 from cll_ray.config import load_config
 from cll_ray.continual import ContinualLearner
-from cll_ray.driver import run_experiment
+from cll_ray.distributed.driver import run_experiment
+from cll_ray.distributed.feature_job import compute_features
 from cll_ray.export import export_model
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.importers import import_coco36
-from cll_ray.inference import compute_features
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 PROBES = ["a blue circle", "синий круг", "un cercle bleu"]
@@ -36,7 +36,7 @@ def test_ray_data_features_equal_in_process(ray_local, coco, tmp_path, shipped_b
     np.testing.assert_allclose(remote.image_features, local.image_features, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(remote.text_features, local.text_features, rtol=1e-4, atol=1e-5)
     # the cache is keyed by dataset + base model: a second call reuses it whichever engine asks
-    cached = load_or_compute_features(coco, shipped_base, tmp_path / "cache", base_dir=base_dir)
+    cached = load_or_compute_features(coco, shipped_base, tmp_path / "cache", compute=lambda: compute_features(coco, base_dir))
     np.testing.assert_array_equal(cached.image_features, local.image_features)
 
 

@@ -56,7 +56,7 @@ def test_same_config_twice_in_fresh_processes_gives_identical_runs(cli_home, tmp
     # the cache is hit: planning again in this process (another hash seed) trains nothing and changes nothing
     from cll_ray.base_model import BaseModel
     from cll_ray.config import load_config
-    from cll_ray.driver import plan_tokenizers
+    from cll_ray.distributed.driver import plan_tokenizers
 
     stamps = {p: p.stat().st_mtime_ns for p in trained}
     cfg = load_config(method="cll_clip_teir", overrides=[*TINY[7:], f"data.root={other}", "run.languages=[en,zh]"])
@@ -69,7 +69,7 @@ def test_same_config_twice_in_fresh_processes_gives_identical_runs(cli_home, tmp
     assert {p: p.stat().st_mtime_ns for p in trained} == stamps
 
     # a resumed run reads the stored plan as it is, and refuses a plan made for other task orders
-    from cll_ray.driver import PLAN_FILE, stored_plans
+    from cll_ray.distributed.driver import PLAN_FILE, stored_plans
 
     stored = json.loads(plan)
     stored["orders"][0]["growth"][1]["num_overlap"] = -1  # marks the file's plan: retraining would not give it

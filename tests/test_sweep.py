@@ -25,7 +25,9 @@ def test_every_shipped_space_loads_and_converts_without_starting_ray(path):
     from ray.tune.search.sample import Domain
 
     space = load_space(path)
-    tune_space = space.to_tune()
+    from cll_ray.distributed.tuner import param_space
+
+    tune_space = param_space(space)
     assert set(tune_space) == {p.key for p in space.params} and tune_space
     for p in space.params:
         value = tune_space[p.key]
@@ -104,8 +106,8 @@ def test_objectives_across_orders():
 
 def test_trials_fit_the_cluster():
     from cll_ray.config import load_config
-    from cll_ray.driver import trainers_that_fit as trials_that_fit
-    from cll_ray.tuner import check_sweepable
+    from cll_ray.distributed.driver import trainers_that_fit as trials_that_fit
+    from cll_ray.distributed.tuner import check_sweepable
 
     two_workers = load_config(overrides=["run.num_workers=2", "run.cpus_per_worker=1"])
     assert trials_that_fit(two_workers, {"CPU": 8.0}) == 4

@@ -25,9 +25,9 @@ import ray
 from ray import tune
 
 from cll_ray.config import ConfigError, ExperimentConfig, save_config
-from cll_ray.driver import (
+from cll_ray.distributed.cluster import ensure_ray
+from cll_ray.distributed.driver import (
     build_trainer,
-    ensure_ray,
     order_sequences,
     prepare_inputs,
     stored_plans,
@@ -39,6 +39,18 @@ from cll_ray.sweep import SearchSpace, apply_point, load_space, task_orders
 SWEEP_FILE = "sweep.json"
 SPACE_COPY = "space.yaml"
 TUNE_NAME = "tune"
+
+
+def param_space(space: SearchSpace) -> dict:
+    """Tune's ``param_space``: dotted key -> Tune domain (search-space objects only: no Ray started)."""
+    def domain(p):
+        if p.kind == "grid":
+            return tune.grid_search(list(p.args))
+        if p.kind == "choice":
+            return tune.choice(list(p.args))
+        return getattr(tune, p.kind)(*p.args)
+
+    return {p.key: domain(p) for p in space.params}
 
 
 def storage_root(cfg: ExperimentConfig, sweep_dir: Path) -> str:
@@ -154,7 +166,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
         searcher, scheduler = _search_and_schedule(space, cfg, total, concurrent, len(order_list[0]))
         tuner = tune.Tuner(
             trainable,
-            param_space=space.to_tune(),
+            param_space=param_space(space),
             tune_config=tune.TuneConfig(
                 metric="objective", mode="max", search_alg=searcher, scheduler=scheduler, num_samples=samples,
                 trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id),

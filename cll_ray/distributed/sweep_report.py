@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cll_ray.distributed.tuner import SPACE_COPY, SWEEP_FILE, experiment_path
 from cll_ray.io import atomic_write_text
 from cll_ray.report import MISSING, _fmt, _markdown, _save, _slug, heatmap_figure, metric_label
 from cll_ray.sweep import OBJECTIVES, load_space
-from cll_ray.tuner import SPACE_COPY, SWEEP_FILE, experiment_path
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"

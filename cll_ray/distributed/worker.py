@@ -23,7 +23,7 @@ from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint, task_checkpoint_name
 from cll_ray.config import ExperimentConfig
 from cll_ray.continual import ContinualLearner
-from cll_ray.data import collect_train_set
+from cll_ray.distributed.train_data import collect_train_set
 from cll_ray.features import FeatureStore
 from cll_ray.sequence import run_tasks, zero_shot_scores
 from cll_ray.tokenization import GrowthStats
