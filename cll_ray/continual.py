@@ -24,7 +24,6 @@ from cll_ray.losses import CLLLoss
 from cll_ray.methods import build_method
 from cll_ray.methods.base import Stage, TaskSpec
 from cll_ray.model import TextStudent
-from cll_ray.parallel import data_parallel_rank
 from cll_ray.tokenization import ClipBPE, GrowthStats, train_bpe_cached
 from cll_ray.wordpiece import WordPieceVocab, no_growth, tokenizer_from_json
 
@@ -93,13 +92,9 @@ class ContinualLearner:
 
     def _train_set(self, lang: str, caps: ds.CaptionTable) -> TrainSet:
         english = caps.captions if lang == "en" else caps.captions_en  # for en, x_tgt = x_en (§3)
-        image_rows = self.features.image_rows(caps.image_ids)
-        return TrainSet(
-            ids=torch.from_numpy(self.tokenizer_for(lang).encode(caps.captions, self.context_length)),
-            teacher=torch.from_numpy(self.features.text_features[self.features.text_rows(english)]),
-            image=torch.from_numpy(self.features.image_features[image_rows]),
-            image_index=torch.from_numpy(image_rows),
-        )
+        return TrainSet.from_rows(self.tokenizer_for(lang).encode(caps.captions, self.context_length),
+                                  self.features.text_rows(english), self.features.image_rows(caps.image_ids),
+                                  self.features)
 
     def plan_growth(self, order: list[str]) -> tuple[ClipBPE, list[GrowthStats]]:
         """Grow a copy of the tokenizer through ``order``: the final tokenizer and each task's growth."""
@@ -227,14 +222,12 @@ class ContinualLearner:
             return TaskOutcome(best_epoch=-1, best_val=self._validate(task), history=[], steps=0)
         train_set = train_set if train_set is not None else task.train
         batch_size = batch_size or train.batch_size
-        if train_set.group is not None and data_parallel_rank()[1] > 1:
-            raise ValueError(f"{self.cfg.method.name}: one language per batch (the authors' joint schedule) runs on "
-                             "one worker; set run.num_workers=1 (or 0)")
         torch.manual_seed(train.seed)  # seed_everything(42) at every task's fit (§4)
         generator = torch.Generator().manual_seed(train.seed)
         steps = steps_per_epoch if steps_per_epoch is not None else train_set.num_batches(batch_size)
         if steps == 0:
-            raise ValueError(f"{task.lang}: {len(train_set)} training captions < batch size {batch_size}")
+            raise ValueError(f"{task.lang}: {len(train_set)} training captions < batch size "
+                             f"{batch_size * train_set.part[1]}")
         outcomes, done = [], 0
         for stage in stages:
             self.method.begin_stage(stage)

@@ -9,7 +9,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,24 @@ class TrainSet:
     image_index: torch.Tensor  # (N,) image identity, for soft contrastive targets
     keys: torch.Tensor | None = None  # (N,) stable row keys, when the rows came from a data shard
     group: torch.Tensor | None = None  # (N,) language index: set, every batch holds one language (MLA's schedule)
+    # (rank, world): every rank holds the same rows and draws the same global batches of batch_size × world
+    # rows, taking its own slice of each, so W workers train on exactly one worker's batches
+    part: tuple[int, int] = (0, 1)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def from_rows(cls, ids: np.ndarray, teacher_rows: np.ndarray, image_rows: np.ndarray, features,
+                  keys: np.ndarray | None = None) -> TrainSet:
+        """Rows as token ids plus row indices into the teacher ``features`` store (``FeatureStore``)."""
+        return cls(
+            ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+            teacher=torch.from_numpy(features.text_features[teacher_rows]),
+            image=torch.from_numpy(features.image_features[image_rows]),
+            image_index=torch.from_numpy(np.asarray(image_rows, dtype=np.int64)),
+            keys=None if keys is None else torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        )
 
     @classmethod
     def concat(cls, sets: list[TrainSet], grouped: bool = False) -> TrainSet:
@@ -69,38 +84,38 @@ class TrainSet:
                    group=group)
 
     def shard(self, rank: int, world: int) -> TrainSet:
-        """Every ``world``-th row from ``rank``: a disjoint slice per data-parallel rank."""
-        rows = torch.arange(rank, len(self), world)
-        return TrainSet(self.ids[rows], self.teacher[rows], self.image[rows], self.image_index[rows],
-                        None if self.keys is None else self.keys[rows], None if self.group is None else self.group[rows])
+        """What data-parallel rank ``rank`` of ``world`` trains on: its slice of every global batch."""
+        return replace(self, part=(rank, world))
 
     def num_batches(self, batch_size: int) -> int:
-        """Full batches per epoch (per language when grouped)."""
+        """Full batches per epoch (per language when grouped), ``batch_size`` being this rank's share."""
+        size = batch_size * self.part[1]
         if self.group is None:
-            return len(self) // batch_size
-        return int(sum(int(n) // batch_size for n in torch.bincount(self.group)))
+            return len(self) // size
+        return int(sum(int(n) // size for n in torch.bincount(self.group)))
 
     def batches(self, batch_size: int, generator: torch.Generator, steps: int | None = None,
                 device: torch.device | None = None, images: bool = True) -> Iterable[dict[str, torch.Tensor]]:
         """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference).
 
-        ``steps`` caps the count so that every data-parallel rank takes the same number of steps. ``images``
+        ``batch_size`` is this rank's share of the global batch (``part``); ``steps`` caps the count. ``images``
         False: the batch has no ``image`` and the image features are never read (MLA's text-only NLT). Grouped
         rows: each language's rows are shuffled and cut into batches, and the batches of every language are
         shuffled together (the authors' random language per batch); the batch carries its ``group``.
         """
+        rank, world = self.part
+        size = batch_size * world
         if self.group is None:
             order = torch.randperm(len(self), generator=generator)
-            chunks = [order[start : start + batch_size] for start in range(0, len(self) // batch_size * batch_size,
-                                                                            batch_size)]
+            chunks = [order[start : start + size] for start in range(0, len(self) // size * size, size)]
         else:
             chunks = []
             for g in range(int(self.group.max()) + 1):
                 rows = torch.nonzero(self.group == g).squeeze(1)
                 rows = rows[torch.randperm(len(rows), generator=generator)]
-                chunks += [rows[start : start + batch_size] for start in range(0, len(rows) // batch_size * batch_size,
-                                                                               batch_size)]
+                chunks += [rows[start : start + size] for start in range(0, len(rows) // size * size, size)]
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+        chunks = [rows[rank * batch_size : (rank + 1) * batch_size] for rows in chunks]
         for rows in chunks[: len(chunks) if steps is None else steps]:
             batch = {"ids": self.ids[rows], "teacher": self.teacher[rows], "image_index": self.image_index[rows]}
             if images:

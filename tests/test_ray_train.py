@@ -110,22 +110,19 @@ def test_two_workers_match_one_worker_and_stay_in_sync(ray_local, tmp_path):
     # gradient sync: both ranks end with the same embedding (calling model.module would let them drift)
     sums = two["return_value"]["embedding_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    # each rank saw a disjoint shard, together the whole training split of each language
+    # every rank read each language whole, the one worker's rows, and trained on its half of every global batch
     keys = two["return_value"]["shard_keys"]
     single = one["return_value"]["shard_keys"][0]
     for lang in ("en", "fr", "ru"):
-        a, b = set(keys[0][lang]), set(keys[1][lang])
-        assert not a & b and a | b == set(single[lang]) and len(single[lang]) == 320
-    # same task, same global batch (the contrastive term gathers both ranks' rows; two ranks get one process's
-    # gradient exactly, test_parallel.py), but other batch draws, whose noise is large on tiny SynthXM: two seeds
-    # of one worker differ by up to 16 points of R@1 and 28% in loss here. So: within that noise, and every new
-    # language learned well above its zero-shot score. English starts at its loss floor (about 0.015), where a few
-    # thousandths are noise, hence the absolute floor.
-    for r1, r2 in zip(one["rows"], two["rows"]):
-        assert r2["scores"]["t2i_r1"][-1] == pytest.approx(r1["scores"]["t2i_r1"][-1], abs=20)
-        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=0.35, abs=0.01)
-    for k, row in enumerate(two["rows"][1:], start=1):
-        assert row["scores"]["t2i_r1"][k] > row["zero_shot"]["t2i_r1"][k] + 15
+        assert keys[0][lang] == keys[1][lang] == single[lang] and len(single[lang]) == 320
+    # the same global batches, so the same task results: two ranks get one process's gradient up to the order of
+    # float reductions (test_methods_ddp.py bounds the weights' difference at 5e-5), below what moves a retrieval
+    # rank. The logged loss is the ranks' mean of their own batches' forward, under bf16 autocast here, whose
+    # matmuls round a 16-row and a 32-row batch differently (measured: 0.4% apart at English's loss floor)
+    for r1, r2 in zip(one["rows"], two["rows"], strict=True):
+        assert r2["scores"] == r1["scores"]
+        assert r2["best_epoch"] == r1["best_epoch"]
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=0.01)
     summary = json.loads((tmp_path / "one" / "run.json").read_text())
     assert summary["cll_clip_teir"]["tasks"] == 3
 

@@ -189,8 +189,9 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
             resources_per_worker=None if run.num_workers == 0 else {"CPU": run.cpus_per_worker},
         ),
         datasets=datasets,
-        # several workers each get a disjoint shard (streaming_split); one worker reads the dataset whole
-        dataset_config=ray.train.DataConfig(datasets_to_split="all" if run.num_workers > 1 else []),
+        # every worker reads each language whole (small rows: ids and feature indices) and trains on its slice
+        # of every global batch, so that W workers draw exactly one worker's batches
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         run_config=ray.train.RunConfig(
             name=name or f"{run_dir.name}-{cfg.method.name}",  # stable: a re-fit with the same name resumes
             storage_path=storage or run.storage_path or str(run_dir / "train"),

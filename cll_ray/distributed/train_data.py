@@ -1,10 +1,13 @@
 """Ray Data: read the caption tables, tokenize them, join the cached teacher features by id.
 
 One pipeline for all the languages of a run: ``read_parquet(captions/) -> filter(train split, run languages)
--> map_batches(EncodeCaptions) -> materialize``, then one dataset per language (``train_<lang>``), each split
-across the Train workers. ``EncodeCaptions`` loads the tokenizers (each language's is the one its task will
-have) and the feature store once per actor, and imports nothing heavy. Datasets are materialized before the
-Trainer starts: caption tables are small, and Ray Data would otherwise wait for CPUs the Train workers hold.
+-> map_batches(EncodeCaptions) -> materialize``, then one dataset per language (``train_<lang>``). A row is its
+token ids (int32) and two row indices into the teacher feature store, which every worker loads itself: the
+features are never copied into the object store. Every worker reads a language whole and trains on its slice
+of every global batch (``TrainSet.part``), so W workers draw exactly one worker's batches. ``EncodeCaptions``
+loads the tokenizers (each language's is the one its task will have) and the feature store once per actor,
+and imports nothing heavy. Datasets are materialized before the Trainer starts: Ray Data would otherwise wait
+for CPUs the Train workers hold.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ MAX_CAPTIONS_PER_IMAGE = 1000  # row keys are image_row * 1000 + caption_index
 
 
 class EncodeCaptions:
-    """``map_batches`` callable: caption strings -> token ids + teacher text/image features + a stable row key."""
+    """``map_batches`` callable: caption strings -> token ids, teacher text/image feature rows, a stable row key."""
 
     def __init__(self, tokenizers: list[dict[str, str]], context_length: int, features_dir: str):
         # one {lang: tokenizer} per task order: column ids_<k> holds the ids under order k's tokenizers
@@ -40,7 +43,7 @@ class EncodeCaptions:
         image_rows = self.features.image_rows(batch["image_id"].astype(str).tolist())
         out = {}
         for k, tokenizers in enumerate(self.tokenizers):
-            ids = np.zeros((len(captions), self.context_length), dtype=np.int64)
+            ids = np.zeros((len(captions), self.context_length), dtype=np.int32)
             for lang in np.unique(langs):
                 rows = np.nonzero(langs == lang)[0]
                 ids[rows] = tokenizers[lang].encode(captions[rows].tolist(), self.context_length)
@@ -49,8 +52,7 @@ class EncodeCaptions:
             "lang": langs,
             "key": image_rows * MAX_CAPTIONS_PER_IMAGE + batch["caption_index"].astype(np.int64),
             **out,
-            "teacher": self.features.text_features[self.features.text_rows(english.tolist())],
-            "image": self.features.image_features[image_rows],
+            "teacher_index": self.features.text_rows(english.tolist()),
             "image_index": image_rows,
         }
 
@@ -78,7 +80,7 @@ def build_train_datasets(
         )
         .materialize()
     )
-    shared = ["lang", "key", "teacher", "image", "image_index"]
+    shared = ["lang", "key", "teacher_index", "image_index"]
     return {
         f"{prefix}{lang}": encoded.filter(expr=col("lang") == lang).select_columns([*shared, f"ids_{k}"])
         .rename_columns({f"ids_{k}": "ids"}).materialize()
@@ -86,21 +88,15 @@ def build_train_datasets(
     }
 
 
-def collect_train_set(shard):
-    """A worker's whole shard as tensors, sorted by row key so its content, not block order, decides the result."""
-    import torch
-
+def collect_train_set(shard, features: FeatureStore):
+    """A worker's copy of a language's rows, sorted by row key so its content, not block order, decides the
+    result, with the teacher features looked up in the worker's own ``features`` store."""
     from cll_ray.engine import TrainSet
 
     parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
     if not parts:
-        raise ValueError("this worker's data shard is empty (more workers than training rows?)")
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "ids", "teacher", "image", "image_index")}
+        raise ValueError("this language's training rows are empty")
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("key", "ids", "teacher_index", "image_index")}
     order = np.argsort(cat["key"], kind="stable")
-    return TrainSet(
-        ids=torch.from_numpy(cat["ids"][order].astype(np.int64)),
-        teacher=torch.from_numpy(cat["teacher"][order].astype(np.float32)),
-        image=torch.from_numpy(cat["image"][order].astype(np.float32)),
-        image_index=torch.from_numpy(cat["image_index"][order].astype(np.int64)),
-        keys=torch.from_numpy(cat["key"][order].astype(np.int64)),
-    )
+    return TrainSet.from_rows(cat["ids"][order], cat["teacher_index"][order], cat["image_index"][order], features,
+                              keys=cat["key"][order])

@@ -65,15 +65,10 @@ def train_loop_per_worker(config: dict) -> dict:
                 if path.exists():
                     restored[seq["key"]] = load_checkpoint(path)
 
-    # 3. this rank's shard of each language, and a step count every rank agrees on
+    # 3. every rank reads each language whole and takes its slice of every global batch: W workers train on
+    #    exactly one worker's batches (and agree on the step count by construction)
     shard_digests: dict[str, list[int]] = {}
     per_rank_batch = max(1, cfg.train.batch_size // world)
-
-    def steps_for(rows: int) -> int:
-        steps = torch.tensor(rows // per_rank_batch)
-        if world > 1 and dist.is_initialized():
-            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
-        return int(steps)
 
     def wrap(module):
         # prepare_model wraps in DDP when world > 1; the engine calls the wrapper's forward (gradient sync)
@@ -135,9 +130,9 @@ def train_loop_per_worker(config: dict) -> dict:
             zero_shot = zero_shots[k] = zero_shot_scores(learner, order)
 
         def train_set_for(lang: str, prefix=seq["datasets"], key=seq["key"]):
-            train_set = collect_train_set(ray.train.get_dataset_shard(f"{prefix}{lang}"))
+            train_set = collect_train_set(ray.train.get_dataset_shard(f"{prefix}{lang}"), features)
             shard_digests[f"{key}:{lang}" if key else lang] = train_set.keys.tolist()
-            return train_set
+            return train_set.shard(rank, world)
 
         # after each task: rank 0 evaluates and checkpoints; every rank reports (report is a barrier)
         def on_task(learner: ContinualLearner, record: dict, k=k, seq=seq, order=order, zero_shot=zero_shot) -> None:
@@ -164,12 +159,11 @@ def train_loop_per_worker(config: dict) -> dict:
                 for stale in older[: max(0, len(older) - (keep - 1))]:
                     shutil.rmtree(stale, ignore_errors=True)
 
-        run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch,
-                  steps_for=steps_for, wrap=wrap, device=device, evaluate_now=rank == 0, progress=False,
+        run_tasks(learner, order, zero_shot, train_set_for=train_set_for, batch_size=per_rank_batch, wrap=wrap, device=device, evaluate_now=rank == 0, progress=False,
                   on_task=on_task)
 
     # 6. what the driver reads back, per rank: the final embedding checksum of each sequence (the ranks must
-    #    agree: gradient sync) and the row keys each rank trained on since this worker group started
+    #    agree: gradient sync) and the row keys each rank read since this worker group started
     mine = {"checksum": [float(lr.student.token_embedding.weight.detach().double().sum()) for lr in learners],
             "shard_keys": shard_digests}
     ranks = [mine]
