@@ -140,6 +140,9 @@ class TrainConfig:
     seed: int = 42
     eval_batch_size: int = 1024
     precision: str = "auto"  # forward-pass autocast: auto (bf16 where the hardware has it, else fp32) | bf16 | fp16 (GPU) | fp32
+    # 0: batches as the reference draws them (a plain shuffle). k > 0: each pool of k shuffled batches is sorted by
+    # caption length before it is cut, and the batches are shuffled again: less padding, other batches
+    length_buckets: int = 0
 
 
 @dataclass(frozen=True)
@@ -418,6 +421,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "train.warmup_ratio": (0, 1, True, False),
     "train.grad_clip": (0, math.inf, False, False),
     "train.eval_batch_size": (1, math.inf, True, False),
+    "train.length_buckets": (0, math.inf, True, False),
     "run.orders": (1, math.inf, True, False),
     "run.num_workers": (0, math.inf, True, False),
     "run.cpus_per_worker": (0, math.inf, False, False),

@@ -236,7 +236,7 @@ class ContinualLearner:
 
             def batches(epoch, stage=stage):
                 yield from train_set.batches(batch_size, generator, steps=steps, device=device,
-                                             images=stage.use_images)
+                                             images=stage.use_images, length_buckets=train.length_buckets)
 
             outcome = train_one_task(
                 module, self.method, task.row_scale, epoch_batches=batches, steps_per_epoch=steps,

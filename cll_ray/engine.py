@@ -42,13 +42,32 @@ class TaskModule(nn.Module):
         return {**terms, "embedding": embedding}
 
 
+class FeatureRows:
+    """Rows of a feature table (the memory-mapped store's array) gathered batch by batch, never copied whole."""
+
+    def __init__(self, table: np.ndarray, rows: np.ndarray):
+        self.table, self.rows = table, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.table[self.rows[np.asarray(index)]], dtype=np.float32))
+
+    @classmethod
+    def cat(cls, parts: list[FeatureRows]) -> FeatureRows:
+        if any(p.table is not parts[0].table for p in parts):
+            raise ValueError("feature rows of different tables cannot be joined")
+        return cls(parts[0].table, np.concatenate([p.rows for p in parts]))
+
+
 @dataclass
 class TrainSet:
     """One task's training rows: target-caption ids and the cached teacher features they are paired with."""
 
     ids: torch.Tensor  # (N, L) int64
-    teacher: torch.Tensor  # (N, E) teacher text embedding of the English source caption
-    image: torch.Tensor  # (N, E) teacher image embedding
+    teacher: FeatureRows  # (N, E) teacher text embedding of the English source caption
+    image: FeatureRows  # (N, E) teacher image embedding
     image_index: torch.Tensor  # (N,) image identity, for soft contrastive targets
     keys: torch.Tensor | None = None  # (N,) stable row keys, when the rows came from a data shard
     group: torch.Tensor | None = None  # (N,) language index: set, every batch holds one language (MLA's schedule)
@@ -65,8 +84,8 @@ class TrainSet:
         """Rows as token ids plus row indices into the teacher ``features`` store (``FeatureStore``)."""
         return cls(
             ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
-            teacher=torch.from_numpy(features.text_features[teacher_rows]),
-            image=torch.from_numpy(features.image_features[image_rows]),
+            teacher=FeatureRows(features.text_features, teacher_rows),
+            image=FeatureRows(features.image_features, image_rows),
             image_index=torch.from_numpy(np.asarray(image_rows, dtype=np.int64)),
             keys=None if keys is None else torch.from_numpy(np.asarray(keys, dtype=np.int64)),
         )
@@ -80,8 +99,25 @@ class TrainSet:
         width = max(s.ids.shape[1] for s in sets)
         ids = [nn.functional.pad(s.ids, (0, width - s.ids.shape[1])) for s in sets]
         group = torch.cat([torch.full((len(s),), k, dtype=torch.long) for k, s in enumerate(sets)]) if grouped else None
-        return cls(torch.cat(ids), *(torch.cat([getattr(s, k) for s in sets]) for k in ("teacher", "image", "image_index")),
-                   group=group)
+        return cls(torch.cat(ids), FeatureRows.cat([s.teacher for s in sets]), FeatureRows.cat([s.image for s in sets]),
+                   torch.cat([s.image_index for s in sets]), group=group)
+
+    def lengths(self) -> torch.Tensor:
+        """Each caption's token count (ids are zero-padded)."""
+        return (self.ids != 0).sum(dim=1)
+
+    def _sorted_by_length(self, rows: torch.Tensor, pool: int) -> torch.Tensor:
+        lengths = self.lengths()
+        return torch.cat([part[torch.argsort(lengths[part], stable=True)] for part in rows.split(pool)])
+
+    def padding_fraction(self, batch_size: int, generator: torch.Generator, length_buckets: int = 0) -> float:
+        """The share of a step's token positions that are padding, after trimming each batch to its longest
+        caption (what the forward computes on), over one epoch of ``batches``."""
+        real = total = 0
+        for batch in self.batches(batch_size, generator, images=False, length_buckets=length_buckets):
+            n = (batch["ids"] != 0).sum(dim=1)
+            real, total = real + int(n.sum()), total + int(n.max()) * len(n)
+        return 1 - real / max(1, total)
 
     def shard(self, rank: int, world: int) -> TrainSet:
         """What data-parallel rank ``rank`` of ``world`` trains on: its slice of every global batch."""
@@ -95,25 +131,28 @@ class TrainSet:
         return int(sum(int(n) // size for n in torch.bincount(self.group)))
 
     def batches(self, batch_size: int, generator: torch.Generator, steps: int | None = None,
-                device: torch.device | None = None, images: bool = True) -> Iterable[dict[str, torch.Tensor]]:
+                device: torch.device | None = None, images: bool = True, length_buckets: int = 0,
+                ) -> Iterable[dict[str, torch.Tensor]]:
         """Shuffled batches, the last partial one dropped (``drop_last=True`` as in the reference).
 
         ``batch_size`` is this rank's share of the global batch (``part``); ``steps`` caps the count. ``images``
         False: the batch has no ``image`` and the image features are never read (MLA's text-only NLT). Grouped
         rows: each language's rows are shuffled and cut into batches, and the batches of every language are
         shuffled together (the authors' random language per batch); the batch carries its ``group``.
+        ``length_buckets`` k > 0: each run of k shuffled batches is re-cut after sorting its rows by caption
+        length, and all batches are shuffled again, so a batch holds captions of similar length.
         """
         rank, world = self.part
         size = batch_size * world
-        if self.group is None:
-            order = torch.randperm(len(self), generator=generator)
-            chunks = [order[start : start + size] for start in range(0, len(self) // size * size, size)]
-        else:
-            chunks = []
-            for g in range(int(self.group.max()) + 1):
-                rows = torch.nonzero(self.group == g).squeeze(1)
-                rows = rows[torch.randperm(len(rows), generator=generator)]
-                chunks += [rows[start : start + size] for start in range(0, len(rows) // size * size, size)]
+        groups = [None] if self.group is None else range(int(self.group.max()) + 1)
+        chunks = []
+        for g in groups:
+            rows = torch.arange(len(self)) if g is None else torch.nonzero(self.group == g).squeeze(1)
+            rows = rows[torch.randperm(len(rows), generator=generator)][: len(rows) // size * size]
+            if length_buckets:
+                rows = self._sorted_by_length(rows, size * length_buckets)
+            chunks += list(rows.split(size)) if len(rows) else []
+        if self.group is not None or length_buckets:
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
         chunks = [rows[rank * batch_size : (rank + 1) * batch_size] for rows in chunks]
         for rows in chunks[: len(chunks) if steps is None else steps]:

@@ -57,12 +57,14 @@ class FeatureStore:
 
     @classmethod
     def load(cls, directory: Path) -> FeatureStore:
+        """The store with its arrays memory-mapped (read-only): the processes of a node share one copy in the
+        page cache, and only the rows a batch gathers are read."""
         keys = json.loads((directory / "keys.json").read_text(encoding="utf-8"))
         return cls(
             image_ids=keys["image_ids"],
-            image_features=np.load(directory / "image_features.npy"),
+            image_features=np.load(directory / "image_features.npy", mmap_mode="r"),
             texts=keys["texts"],
-            text_features=np.load(directory / "text_features.npy"),
+            text_features=np.load(directory / "text_features.npy", mmap_mode="r"),
         )
 
 
