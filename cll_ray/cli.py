@@ -113,8 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
     from cll_ray.distributed.driver import run_experiment
     from cll_ray.report import main as report_main
+    from cll_ray.report.builder import record_run_info
 
     run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
+    record_run_info(run_dir, time.time() - started)  # the report shows it, with the versions
     print()
     report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")

@@ -12,16 +12,6 @@ from pathlib import Path
 from cll_ray.config import ExperimentConfig
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -29,19 +19,12 @@ def _columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 def config_lines(configs: dict[str, ExperimentConfig]) -> list[str]:
     """Every resolved key: one value where the methods agree, each method's side by side where they differ."""
-    flat = {name: _flat(cfg.to_dict()) for name, cfg in configs.items()}
-    names = list(flat)
-    rows = [["key", *names]] if len(names) > 1 else []
-    shared = []
-    for key in flat[names[0]]:
-        values = [str(flat[n][key]) for n in names]
-        if len(set(values)) == 1:
-            shared.append([key, values[0]])
-        else:
-            rows.append([key, *values])
+    from cll_ray.report.tables import config_rows
+
+    shared, differing = config_rows({name: cfg.to_dict() for name, cfg in configs.items()})
     lines = ["config (resolved):", *_columns(shared)]
-    if len(rows) > 1:
-        lines += ["differing by method:", *_columns(rows)]
+    if differing:
+        lines += ["differing by method:", *_columns([["key", *configs], *differing])]
     return lines
 
 

@@ -17,13 +17,16 @@ from cll_ray.report.plots import (
     HEATMAP_METRICS,
     metric_label,
     plot_curves,
+    plot_forgetting,
     plot_heatmap,
 )
 from cll_ray.report.results import (
     accuracy_matrix,
+    collect_method_folders,
     collect_results,
     copy_results,
     expand_orders,
+    read_configs,
     runs_by_method,
     task_order,
 )
@@ -31,6 +34,8 @@ from cll_ray.report.tables import (
     MISSING,
     SERIES_METRICS,
     across_runs_table,
+    compact_table,
+    config_tables,
     final_table,
     growth_table,
     load_paper,
@@ -40,6 +45,8 @@ from cll_ray.report.tables import (
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
+RUN_INFO_FILE = "run_info.json"  # written by `cll-ray run`: its wall time and the versions it ran with
+VERSIONED = {"cll-ray": "cll-ray", "torch": "torch", "ray": "ray", "open_clip": "open_clip_torch"}
 
 
 def _slug(label: str) -> str:
@@ -49,8 +56,9 @@ def _slug(label: str) -> str:
 def build_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``out_dir/report.md`` and ``out_dir/plots/*.png`` for one or more runs; return report.md's path.
 
-    ``out_dir`` defaults to the (first) run directory. Plots: the t2i_r1 heatmap of every method, and AA and
-    F curves over tasks for t2i_r1 and i2t_r1. Every file is written atomically.
+    ``out_dir`` defaults to the (first) run directory. Plots: the t2i_r1 and i2t_r1 heatmaps of every method,
+    AA and F curves over tasks for t2i_r1 and i2t_r1, and each method's forgetting per language. Every file is
+    written atomically.
     """
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
@@ -59,17 +67,71 @@ def build_report(run_dirs: Sequence[str | Path] | str | Path, out_dir: str | Pat
     return _write_report(collect_results(run_dirs), run_dirs, out_dir)
 
 
+def record_run_info(run_dir: str | Path, seconds: float) -> Path:
+    """Add one invocation of `cll-ray run` (``seconds`` of wall time; a resumed run adds each part) and the
+    versions it ran with to ``run_dir/run_info.json``, which the report shows."""
+    import json
+
+    path = Path(run_dir) / RUN_INFO_FILE
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    parts = [*info.get("wall_seconds", []), round(float(seconds), 1)]
+    atomic_write_text(path, json.dumps({"wall_seconds": parts, "versions": versions()}, indent=2))
+    return path
+
+
+def versions() -> dict[str, str]:
+    """The versions of cll-ray and of what it runs on (installed distributions; nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name, dist in VERSIONED.items():
+        try:
+            out[name] = version(dist)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _run_info_lines(run_dirs: Sequence[str | Path], results: dict[str, list[dict]]) -> list[str]:
+    """Wall time and versions, as the run recorded them (run_info.json), else what is known without them."""
+    import json
+
+    lines = []
+    recorded = {}
+    for d in run_dirs:
+        path = Path(d).expanduser() / RUN_INFO_FILE
+        if path.is_file():
+            try:
+                recorded[Path(d).expanduser().resolve().name] = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{path}: not valid JSON ({e}); remove it or run again") from e
+    for name, info in recorded.items():
+        parts = info.get("wall_seconds", [])
+        resumed = f" in {len(parts)} parts (resumed)" if len(parts) > 1 else ""
+        where = f" ({name})" if len(run_dirs) > 1 else ""
+        lines.append(f"- wall time{where}: {sum(parts):.0f} s{resumed}")
+    if not recorded:
+        task_times = ", ".join(f"{label} {sum(float(r.get('seconds') or 0) for r in rows):.0f} s"
+                               for label, rows in results.items())
+        lines.append(f"- training time (sum of the task times; the run recorded no wall time): {task_times}")
+    found = next((info["versions"] for info in recorded.values() if info.get("versions")), None)
+    shown = found or versions()
+    source = "" if found else " (of this report's build: the run recorded none)"
+    lines.append(f"- versions{source}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return lines
+
+
 def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path], out_dir) -> Path:
     out = Path(out_dir if out_dir is not None else run_dirs[0]).expanduser()
     plots = out / PLOTS_DIR
 
-    heatmaps: list[tuple[str, Path]] = []
+    heatmaps: dict[str, dict[str, Path]] = {label: {} for label in results}  # label -> metric -> path
     for metric in HEATMAP_METRICS:
         values = np.concatenate([accuracy_matrix(rows, metric).ravel() for rows in results.values()])
         values = values[np.isfinite(values)]
         lo, hi = (float(values.min()), float(values.max())) if values.size else (None, None)
         for label, rows in results.items():  # one colour scale for all methods: the colours compare
-            path = plot_heatmap(
+            heatmaps[label][metric] = plot_heatmap(
                 rows,
                 metric,
                 plots / f"heatmap_{_slug(label)}_{metric}.png",
@@ -77,12 +139,17 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
                 vmin=lo,
                 vmax=hi,
             )
-            heatmaps.append((f"{label}, {metric}", path))
     curves = [
         (f"{key}, {metric}", plot_curves(results, metric, key, plots / f"curves_{key}_{metric}.png"))
         for metric in CURVE_METRICS
         for key in CURVE_KEYS
     ]
+    forgetting = [(label, plot_forgetting(rows, plots / f"forgetting_{_slug(label)}.png",
+                                          f"{label}: each language after its own task and after the last"))
+                  for label, rows in results.items()]
+
+    def link(path: Path) -> str:
+        return path.relative_to(out).as_posix()
 
     names = ", ".join(Path(d).expanduser().resolve().name for d in run_dirs)
     orders: dict[tuple[str, ...], list[str]] = {}
@@ -96,6 +163,17 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
         lines += [
             f"- task order ({', '.join(labels)}): {' → '.join(order)}" for order, labels in orders.items()
         ]
+    lines += _run_info_lines(run_dirs, results)
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "After each method's last task (%): text→image (T2I) and image→text (I2T) R@1, average accuracy, "
+        "forgetting, English forgetting and plasticity; the best of each column in bold. The full CL table is "
+        "below.",
+        "",
+        compact_table(results),
+    ]
     if any(len(runs) > 1 for runs in runs_by_method(results).values()):
         lines += [
             "",
@@ -122,10 +200,20 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
             series_table(results, metric, "AA"),
             "",
         ]
-    lines += ["## Plots", ""]
-    for caption, path in heatmaps + curves:
-        rel = path.relative_to(out).as_posix()
-        lines += [f"**{caption}** ([{rel}]({rel}))", "", f"![{caption}]({rel})", ""]
+    lines += ["## Plots", "", "### Accuracy matrices", "",
+              "| method | " + " | ".join(metric_label(m) for m in HEATMAP_METRICS) + " |",
+              "|---|" + "---|" * len(HEATMAP_METRICS)]
+    for label, paths in heatmaps.items():
+        lines.append(f"| {label} | " + " | ".join(f"![{label}, {m}]({link(p)})" for m, p in paths.items()) + " |")
+    lines += ["", "### CL values per task", ""]
+    for caption, path in curves:
+        lines += [f"**{caption}** ([{link(path)}]({link(path)}))", "", f"![{caption}]({link(path)})", ""]
+    drawn = [(label, path) for label, path in forgetting if path is not None]
+    if drawn:
+        lines += ["### Forgetting per language", "",
+                  "Each language's score right after its own task against after the last task.", ""]
+        for label, path in drawn:
+            lines += [f"**{label}** ([{link(path)}]({link(path)}))", "", f"![{label}: forgetting]({link(path)})", ""]
     lines += [
         "## Vocabulary growth",
         "",
@@ -134,6 +222,10 @@ def _write_report(results: dict[str, list[dict]], run_dirs: Sequence[str | Path]
         growth_table(results),
         "",
     ]
+    configs = read_configs(collect_method_folders(run_dirs))
+    if configs:
+        lines += ["## Config", "", "Each method's resolved config (its `config.yaml`): the keys every method "
+                  "shares, then those that differ.", "", config_tables(configs), ""]
     report = out / REPORT_FILE
     atomic_write_text(report, "\n".join(lines))
     return report

@@ -12,7 +12,7 @@ from cll_ray.io import atomic_write_with
 from cll_ray.report.results import accuracy_matrix, evaluated_languages, task_languages
 from cll_ray.report.tables import _task_header, _value
 
-HEATMAP_METRICS = ("t2i_r1",)
+HEATMAP_METRICS = ("t2i_r1", "i2t_r1")
 CURVE_METRICS = ("t2i_r1", "i2t_r1")
 CURVE_KEYS = ("AA", "F")
 
@@ -166,4 +166,41 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if results:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+FORGETTING_METRICS = ("t2i_r1", "i2t_r1")
+
+
+def forgetting_scores(rows: Sequence[Mapping], metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each learned language's score right after its own task (the diagonal a[j, j]) and after the last task
+    (a[T-1, j]); empty for a joint run (one task over every language: nothing learned after it to forget by)."""
+    if not rows or rows[-1].get("joint"):
+        return [], np.zeros(0), np.zeros(0)
+    a = accuracy_matrix(rows, metric)
+    langs = task_languages(rows)
+    return langs, np.diag(a)[: len(langs)].copy(), a[len(rows) - 1, : len(langs)].copy()
+
+
+def plot_forgetting(rows: Sequence[Mapping], path: str | Path, title: str,
+                    metrics: Sequence[str] = FORGETTING_METRICS) -> Path | None:
+    """Per language, its score right after its own task against after the last task, one panel per metric
+    (the gap between the two bars is what the sequence made it forget); None for a joint run."""
+    panels = [(m, *forgetting_scores(rows, m)) for m in metrics]
+    if not panels or not len(panels[0][1]):
+        return None
+    n = len(panels[0][1])
+    fig = _figure(max(5.0, 0.5 * n + 2.5) * len(panels), 3.8)
+    x = np.arange(n)
+    for i, (metric, langs, own, last) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.bar(x - 0.2, own, width=0.4, label="after its own task", color="#4c72b0")
+        ax.bar(x + 0.2, last, width=0.4, label=f"after the last task ({len(rows)}: {langs[-1]})", color="#dd8452")
+        ax.set_xticks(x, labels=langs, rotation=90 if n > 12 else 0)
+        ax.set_xlabel("language (in task order)")
+        ax.set_ylabel(f"{metric_label(metric)} (%)")
+        ax.set_title(metric_label(metric))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     return _save(fig, path)

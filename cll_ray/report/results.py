@@ -53,11 +53,15 @@ def load_results(run_dir: str | Path) -> dict[str, list[dict]]:
     ignored; a method folder (``config.yaml``) without ``results.jsonl`` is an error, as is a corrupt line
     (the message names the file and the line).
     """
+    return {m: _read_rows(folder / RESULTS_FILE) for m, folder in _method_folders(run_dir).items()}
+
+
+def _method_folders(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     if (run_dir / RESULTS_FILE).exists() or (run_dir / CONFIG_FILE).exists():
-        return {run_dir.name: _read_rows(run_dir / RESULTS_FILE)}
+        return {run_dir.name: run_dir}
     methods = sorted(
         p
         for p in run_dir.iterdir()
@@ -65,30 +69,49 @@ def load_results(run_dir: str | Path) -> dict[str, list[dict]]:
     )
     if not methods:
         raise FileNotFoundError(f"{run_dir}: no {RESULTS_FILE} here nor in any method sub-folder")
-    return {p.name: _read_rows(p / RESULTS_FILE) for p in methods}
+    return {p.name: p for p in methods}
 
 
 def collect_results(run_dirs: Sequence[str | Path] | str | Path) -> dict[str, list[dict]]:
     """label -> rows over several runs; a method name found in more than one run becomes ``<run>/<method>``."""
+    return {label: _read_rows(folder / RESULTS_FILE) for label, folder in collect_method_folders(run_dirs).items()}
+
+
+def collect_method_folders(run_dirs: Sequence[str | Path] | str | Path) -> dict[str, Path]:
+    """label -> method folder (its ``results.jsonl`` and ``config.yaml``), labelled as ``collect_results`` does."""
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
     loaded = []
     for d in expand_orders(run_dirs):
         # a method folder given directly belongs to the run of its parent folder
         run = d.parent if (d / RESULTS_FILE).exists() or (d / CONFIG_FILE).exists() else d
-        loaded.append((run.resolve(), load_results(d)))
+        loaded.append((run.resolve(), _method_folders(d)))
     counts: dict[str, int] = {}
     for _, res in loaded:
         for m in res:
             counts[m] = counts.get(m, 0) + 1
     run_names = _short_names([run for run, _ in loaded])
-    out: dict[str, list[dict]] = {}
+    out: dict[str, Path] = {}
     for (_, res), run_name in zip(loaded, run_names):
-        for m, rows in res.items():
+        for m, folder in res.items():
             label = f"{run_name}/{m}" if counts[m] > 1 else m
             if label in out:  # the same run given twice
                 raise ValueError(f"{label}: given more than once")
-            out[label] = rows
+            out[label] = folder
+    return out
+
+
+def read_configs(folders: Mapping[str, Path]) -> dict[str, dict]:
+    """label -> the method's resolved config (its ``config.yaml`` as saved by the run), where it has one."""
+    from cll_ray.config import load_yaml_file
+
+    out = {}
+    for label, folder in folders.items():
+        if (folder / CONFIG_FILE).is_file():
+            values = load_yaml_file(folder / CONFIG_FILE)
+            if not isinstance(values, dict):
+                raise ValueError(f"{folder / CONFIG_FILE}: expected a YAML mapping (the run's resolved config)")
+            out[label] = values
     return out
 
 

@@ -151,3 +151,62 @@ def growth_table(results: Mapping[str, Sequence[Mapping]]) -> str:
         cells = [_fmt(by_lang.get(lang), 0) for lang in langs]
         body.append([label] + cells + [_fmt(sizes[-1] if sizes else math.nan, 0)])
     return _markdown(["method"] + langs + ["final vocab"], body)
+
+
+COMPACT_LOWER_IS_BETTER = ("F", "Fen")  # forgetting: lower is better; AA and plasticity: higher
+
+
+def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
+    """A table that fits a page: a row per method, T2I then I2T AA / F / Fen / plasticity after its last task,
+    the best value of each column in bold (highest AA and plasticity, lowest forgetting)."""
+    columns = [(m, k) for m in ACROSS_METRICS for k in ACROSS_KEYS]
+    header = ["method", "tasks"] + [f"{m.split('_')[0].upper()} {_SHORT_KEYS.get(k, k)}" for m, k in columns]
+    values = {label: [_value((rows[-1].get("cl", {}) if rows else {}).get(m, {}).get(k)) for m, k in columns]
+              for label, rows in results.items()}
+    best = []
+    for i, (_, key) in enumerate(columns):
+        finite = [v[i] for v in values.values() if math.isfinite(v[i])]
+        pick = min if key in COMPACT_LOWER_IS_BETTER else max
+        best.append(pick(finite) if len(values) > 1 and finite else math.nan)
+    body = []
+    for label, rows in results.items():
+        cells = [f"**{_fmt(v)}**" if _fmt(v) == _fmt(b) else _fmt(v) for v, b in zip(values[label], best)]
+        body.append([label, _tasks_cell(rows), *cells])
+    return _markdown(header, body)
+
+
+def flat_config(values: Mapping, prefix: str = "") -> dict[str, object]:
+    """A nested config as dotted keys (``train.lr``)."""
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_rows(configs: Mapping[str, Mapping]) -> tuple[list[list[str]], list[list[str]]]:
+    """Resolved configs side by side: (``[key, value]`` for every key all methods agree on, ``[key, value per
+    method...]`` for the others), keys in the order the configs give them."""
+    flat = {label: flat_config(values) for label, values in configs.items()}
+    keys = list(dict.fromkeys(k for values in flat.values() for k in values))
+    shared, differing = [], []
+    for key in keys:
+        cells = [str(values[key]) if key in values else MISSING for values in flat.values()]
+        if len(set(cells)) == 1:
+            shared.append([key, cells[0]])
+        else:
+            differing.append([key, *cells])
+    return shared, differing
+
+
+def config_tables(configs: Mapping[str, Mapping]) -> str:
+    """The resolved configs as markdown: the keys every method shares, then those that differ, by method."""
+    shared, differing = config_rows(configs)
+    code = [[f"`{key}`", f"`{value}`" if value else ""] for key, value in shared]
+    parts = [_markdown(["key", "value"], code, align="l")]
+    if differing:
+        cells = [[f"`{key}`", *(f"`{v}`" for v in values)] for key, *values in differing]
+        parts.append(_markdown(["key", *configs], cells, align="l"))
+    return "\n\n".join(parts)
