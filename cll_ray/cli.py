@@ -90,8 +90,14 @@ def run_configs(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     started = time.time()
+    if args.dry_run:
+        if args.resume:
+            raise ValueError("--dry-run is for a new run; --resume continues the run its directory holds")
+        from cll_ray.dry_run import dry_run
+
+        print(dry_run(run_configs(args), progress=not args.quiet))
+        return 0
     if args.resume:
         from cll_ray.checkpoint import check_resumable, load_run_configs  # no Ray import: fails fast
 
@@ -107,8 +113,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
     from cll_ray.distributed.driver import run_experiment
     from cll_ray.report import main as report_main
+    from cll_ray.report.builder import record_run_info
 
     run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
+    record_run_info(run_dir, time.time() - started)  # the report shows it, with the versions
     print()
     report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
@@ -223,7 +231,7 @@ def _embed(args: argparse.Namespace) -> int:
     if args.format == "npy" and not args.out:
         raise ValueError("--format npy needs --out FILE.npy")
     model = ExportedModel(args.model, device=args.device)
-    model.check_language(args.lang)
+    _warn_language(model, args.lang)
     vectors = model.encode_text(args.texts, normalize=not args.no_normalize, lang=args.lang)
     if args.format == "npy":
         def write(tmp: Path) -> None:
@@ -246,7 +254,7 @@ def _search(args: argparse.Namespace) -> int:
 
     _nonblank(args.queries, "query")
     model = ExportedModel(args.model, device=args.device)
-    model.check_language(args.lang)
+    _warn_language(model, args.lang)
     ranked = model.search(args.queries, args.images, top_k=args.top_k, lang=args.lang)
     if args.json:
         print(json.dumps([{"query": q, "results": [{"path": p, "score": round(s, 6)} for p, s in hits]}
@@ -259,33 +267,49 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_language(model, lang: str | None) -> None:
+    """The model scores any text: without --lang, or in a language it never learned, a high score misleads."""
+    if lang is None and model.encoder is None:  # an mla model refuses a text without its language
+        print(f"cll-ray: warning: no --lang given; this model learned {', '.join(model.languages)}, and "
+              "scores text in any other language as confidently", file=sys.stderr)
+    elif lang is not None and lang not in model.languages:
+        if model.encoder is not None:
+            model.check_language(lang)  # an mla model routes by language: an unlearned one is an error
+        print(f"cll-ray: warning: language {lang!r} was not learned by this model (it knows "
+              f"{', '.join(model.languages)}); its scores are not to be trusted", file=sys.stderr)
+
+
 def _add_model_commands(sub) -> None:
     """export / embed / search: a run's model out, and using it."""
-    exp = sub.add_parser("export", help="export a run's model after task N as an open_clip-loadable folder")
-    exp.add_argument("run_dir")
+    exp = _command(sub, "export", "export a run's model after task N as an open_clip-loadable folder",
+                   "cll-ray export runs/my-run --task 3 --out models/after-de")
+    exp.add_argument("run_dir", help="a run directory written by `cll-ray run`")
     exp.add_argument("--task", type=int, help="1-based task number (default: the last checkpointed task)")
     exp.add_argument("--out", required=True, help="output folder: new, empty or an earlier export (replaced atomically)")
     exp.add_argument("--method", help="which method of the run (needed when it has several)")
     exp.set_defaults(func=_export)
 
-    emb = sub.add_parser("embed", help="print text embeddings from an exported model")
-    emb.add_argument("texts", nargs="+")
+    emb = _command(sub, "embed", "print text embeddings from an exported model",
+                   "cll-ray embed --model models/after-de --lang de \"ein roter Würfel\" \"ein blauer Ball\"")
+    emb.add_argument("texts", nargs="+", help="the texts to embed")
     emb.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
-    emb.add_argument("--lang", help="the texts' language; an error if the model has not learned it (an mla model "
-                     "needs it: it picks the path and the acquirers)")
-    emb.add_argument("--format", choices=("json", "npy"), default="json")
+    emb.add_argument("--lang", help="the texts' language; a warning without it or if the model has not learned it "
+                     "(an mla model needs a learned one: it picks the path and the acquirers)")
+    emb.add_argument("--format", choices=("json", "npy"), default="json",
+                     help="json on stdout (default) or a .npy file (--out)")
     emb.add_argument("--out", help="with --format npy: the .npy file to write")
     emb.add_argument("--no-normalize", action="store_true", help="raw embeddings instead of L2-normalized")
     emb.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     emb.set_defaults(func=_embed)
 
-    sea = sub.add_parser("search", help="rank a folder of images by a text query in any learned language")
-    sea.add_argument("queries", nargs="+")
+    sea = _command(sub, "search", "rank a folder of images by a text query in any learned language",
+                   "cll-ray search --model models/after-de --images photos/ --lang de --top-k 3 \"ein roter Würfel\"")
+    sea.add_argument("queries", nargs="+", help="text queries; each gets its own ranking")
     sea.add_argument("--model", required=True, help="a folder written by `cll-ray export`")
     sea.add_argument("--images", required=True, help="folder of images (searched recursively)")
     sea.add_argument("--top-k", type=_positive_int, default=5, help="results per query (at least 1)")
-    sea.add_argument("--lang", help="the queries' language; an error if the model has not learned it (an mla model "
-                     "needs it: it picks the path and the acquirers)")
+    sea.add_argument("--lang", help="the queries' language; a warning without it or if the model has not learned it "
+                     "(an mla model needs a learned one: it picks the path and the acquirers)")
     sea.add_argument("--json", action="store_true", help="print JSON instead of a ranked list")
     sea.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     sea.set_defaults(func=_search)
@@ -293,8 +317,10 @@ def _add_model_commands(sub) -> None:
 
 def _add_import_commands(data_sub) -> None:
     """data import / data add-language: real data into the canonical layout."""
-    imp = data_sub.add_parser("import", help="import XM3600 or COCO-36 into the canonical layout")
-    imp.add_argument("source", choices=("xm3600", "coco36"))
+    imp = _command(data_sub, "import", "import XM3600 or COCO-36 into the canonical layout",
+                   "cll-ray data import xm3600 --src captions.jsonl --images xm3600/images --out data/xm3600 "
+                   "--carve train=0.8,val=0.1")
+    imp.add_argument("source", choices=("xm3600", "coco36"), help="which dataset the files are")
     imp.add_argument("--src", required=True,
                      help="xm3600: captions.jsonl; coco36: the folder with triplet/ and annotations/")
     imp.add_argument("--images", required=True, help="the image folder (xm3600: <key>.jpg; coco36: the COCO root)")
@@ -310,8 +336,9 @@ def _add_import_commands(data_sub) -> None:
                      "(default: everything is test, as in the benchmark)")
     imp.set_defaults(func=_data_import)
 
-    add = data_sub.add_parser("add-language", help="add your own language's captions to a dataset")
-    add.add_argument("dataset")
+    add = _command(data_sub, "add-language", "add your own language's captions to a dataset",
+                   "cll-ray data add-language data/xm3600 --lang sw --captions sw.csv --out data/xm3600-sw")
+    add.add_argument("dataset", help="a dataset folder in the canonical layout")
     add.add_argument("--lang", required=True, help="language code, e.g. sw")
     add.add_argument("--captions", required=True, help="CSV, TSV, JSONL or Parquet: image_id, caption[, caption_en, split]")
     add.add_argument("--out", help="write the result as a new dataset here; it shares the unchanged files with "
@@ -325,35 +352,65 @@ def _add_import_commands(data_sub) -> None:
     add.set_defaults(func=_data_add_language)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cll-ray", description="Continual language learning for CLIP.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command whose help ends with an example."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    data = sub.add_parser("data", help="datasets in the canonical layout")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", help="generate the SynthXM benchmark and print its summary")
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cll-ray")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _methods_help() -> str:
+    from cll_ray.config import method_presets
+
+    return ("comma-separated method presets (cll_ray/configs/methods.yaml), or all; default: the method.name the "
+            f"config or an override gives, else {DEFAULT_METHODS}. Presets: {', '.join(method_presets())}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cll-ray", description="Continual language learning for CLIP.",
+                                     epilog="example:\n  cll-ray run --langs en,fr,de --methods cll_clip_teir\n"
+                                     "run `cll-ray COMMAND --help` for a command's options",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cll-ray {_version()}",
+                        help="print the installed cll-ray version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = _command(sub, "data", "datasets in the canonical layout", "cll-ray data synth --size tiny")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    synth = _command(data_sub, "synth", "generate the SynthXM benchmark and print its summary",
+                     "cll-ray data synth --size small --langs en,fr,de")
     synth.add_argument("--out", help="output folder (default: the cache folder used by runs)")
     synth.add_argument("--size", default="default", help="tiny | small | default | large")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--langs", help="comma-separated language codes (default: all 36)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset of another config")
     synth.set_defaults(func=_synth)
     _add_import_commands(data_sub)
 
-    pre = sub.add_parser("pretrain", help="train (or load from cache) the English base model on SynthXM")
+    pre = _command(sub, "pretrain", "train (or load from cache) the English base model on SynthXM",
+                   "cll-ray pretrain --size small --out models/base-small")
     pre.add_argument("--size", default="default", help="SynthXM size whose pretraining split is used")
     pre.add_argument("--data", help="a dataset folder instead of SynthXM")
-    pre.add_argument("--data-seed", type=int, default=0)
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--data-seed", type=int, default=0, help="SynthXM generator seed (default 0)")
+    pre.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     pre.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
     pre.add_argument("--out", help="also write the model to this folder")
     pre.set_defaults(func=_pretrain)
 
-    run = sub.add_parser("run", help="run a continual-language-learning sequence and print the CL table")
+    run = _command(sub, "run", "run a continual-language-learning sequence and print the CL table",
+                   "cll-ray run --langs en,fr,de --methods cll_clip,cll_clip_teir train.lr=1e-3\n"
+                   "  cll-ray run --dry-run --langs all --order order222   (what it would do; trains nothing)")
     run.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=3e-5")
     run.add_argument("--config", help="experiment YAML (a small diff over the defaults)")
-    run.add_argument("--methods", default=None, help="comma-separated method presets (cll_ray/configs/methods.yaml), "
-                     f"or all; default: the method.name the config or an override gives, else {DEFAULT_METHODS}")
+    run.add_argument("--methods", default=None, help=_methods_help())
     run.add_argument("--langs", help="comma-separated languages, or all (the 36 XM3600 ones); default: run.languages")
     run.add_argument("--order", help="given (default) | alphabetical | order<seed>, e.g. order222 (the paper's)")
     run.add_argument("--orders", type=int, help="K task orders per method: the given one, then K-1 seeded ones, "
@@ -362,9 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print each method's resolved config, the task order, "
+                     "the vocabulary each task adds and the Ray resources each method asks for; trains nothing and "
+                     "starts no Ray (it may generate the dataset and train the per-language tokenizers, cached for "
+                     "the run)")
     run.set_defaults(func=_run)
 
-    tun = sub.add_parser("tune", help="sweep a search space across seeded task orders (Ray Tune + HyperOpt + ASHA)")
+    tun = _command(sub, "tune", "sweep a search space across seeded task orders (Ray Tune + HyperOpt + ASHA)",
+                   "cll-ray tune tune_spaces/teir.yaml --samples 8 --orders 2 data.synthxm_size=small")
     tun.add_argument("space", nargs="?", help="a search space, e.g. tune_spaces/teir.yaml")
     tun.add_argument("overrides", nargs="*", help="dotted config overrides for every trial, e.g. data.synthxm_size=small")
     tun.add_argument("--samples", type=int, default=20, help="trials (default 20)")
@@ -378,8 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from cll_ray.report import add_arguments as report_arguments
 
-    rep = sub.add_parser("report", help="rebuild report.md and plots from run directories, or from one sweep "
-                         "directory; --table prints the README's results table")
+    rep = _command(sub, "report", "rebuild report.md and plots from run directories, or from one sweep "
+                   "directory; --table prints the README's results table", "cll-ray report results/default --table")
     report_arguments(rep).set_defaults(func=_report)
     _add_model_commands(sub)
     return parser

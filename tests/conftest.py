@@ -51,10 +51,12 @@ def cli_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for every in-process Ray test of the session (started on first use)."""
+    """One local Ray instance for every in-process Ray test of the session (started on first use), with its
+    dashboard on loopback as a run's (``ensure_ray``): Ray Train's placement-group cleaner needs its state API."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=300 * 1024**2)
     yield
     ray.shutdown()
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import ray
 
 from cll_ray.config import load_config
 from cll_ray.distributed.driver import run_experiment
@@ -166,41 +165,3 @@ def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path
     assert set(outcome["return_value"]["shard_keys"][0]) <= {"fr", "ru"}
     assert "ru" in outcome["return_value"]["shard_keys"][0]
     assert Path(storage).exists()
-
-
-def test_orphan_release_keeps_a_live_drivers_placement_groups(ray_local):
-    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
-
-    from cll_ray.distributed.cluster import release_orphaned_placement_groups
-
-    group = placement_group([{"CPU": 1}])
-    ray.get(group.ready(), timeout=60)
-    assert release_orphaned_placement_groups() == 0  # its creator (this driver) lives
-    assert placement_group_table(group)["state"] == "CREATED"
-    remove_placement_group(group)
-
-
-def test_a_dead_jobs_group_is_orphaned_even_when_ray_never_flagged_its_creator_dead():
-    from ray.core.generated import gcs_pb2
-
-    from cll_ray.distributed.cluster import is_orphaned
-
-    dead, live = bytes.fromhex("01000000"), bytes.fromhex("02000000")
-    actor = bytes.fromhex("ab" * 16)
-
-    def group(job, **fields):
-        fields.setdefault("state", gcs_pb2.PlacementGroupTableData.CREATED)
-        return gcs_pb2.PlacementGroupTableData(creator_job_id=job, **fields)
-
-    states = {actor.hex(): "DEAD"}
-    dead_jobs = {dead.hex()}
-    # registered after its job ended: no flag set, its creating actor already DEAD in the actor table
-    assert is_orphaned(group(dead, creator_actor_id=actor), dead_jobs, states.get)
-    assert is_orphaned(group(dead, creator_actor_id=b"\xff" * 16), dead_jobs, states.get)  # the driver's own
-    assert is_orphaned(group(dead), dead_jobs, states.get)
-    assert is_orphaned(group(dead, creator_actor_id=actor, creator_actor_dead=True), dead_jobs, lambda a: "ALIVE")
-    assert not is_orphaned(group(dead, creator_actor_id=actor), dead_jobs, lambda a: "ALIVE")  # a detached actor's
-    assert not is_orphaned(group(dead, is_detached=True), dead_jobs, states.get)
-    assert not is_orphaned(group(live), dead_jobs, states.get)
-    removed = group(dead, state=gcs_pb2.PlacementGroupTableData.REMOVED)
-    assert not is_orphaned(removed, dead_jobs, states.get)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,6 +293,10 @@ def test_build_report(run_dir, capsys):
         [
             "heatmap_cll_clip_t2i_r1.png",
             "heatmap_cll_clip_teir_t2i_r1.png",
+            "heatmap_cll_clip_i2t_r1.png",
+            "heatmap_cll_clip_teir_i2t_r1.png",
+            "forgetting_cll_clip.png",
+            "forgetting_cll_clip_teir.png",
             "curves_AA_t2i_r1.png",
             "curves_F_t2i_r1.png",
             "curves_AA_i2t_r1.png",
@@ -309,6 +314,69 @@ def test_build_report(run_dir, capsys):
     assert (run_dir / "out" / "plots" / "curves_AA_t2i_r1.png").is_file()
     assert main([str(run_dir / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_report_summary_forgetting_config_wall_time_and_versions(run_dir):
+    from importlib.metadata import version
+
+    from cll_ray.report.builder import record_run_info
+    from cll_ray.report.plots import forgetting_scores
+
+    # the compact table: T2I then I2T AA / F / Fen / plasticity after the last task, the best of each in bold
+    # (i2t_r1 is t2i_r1 + 5 for AA and plasticity, the same forgetting)
+    text = build_report([run_dir]).read_text()
+    summary = text.split("## Summary")[1].split("##")[0]
+    assert "| method | tasks | T2I AA | T2I F | T2I Fen | T2I plast. | I2T AA | I2T F | I2T Fen | I2T plast. |" in summary
+    assert "| cll_clip | 3 | 29.0 | 6.0 | 7.0 | 33.0 | 34.0 | 6.0 | 7.0 | 38.0 |" in summary
+    assert "| cll_clip_teir | 3 | **35.0** | **1.5** | **2.0** | **36.0** | **40.0** | **1.5** | **2.0** | **41.0** |" in summary
+    assert max(len(line) for line in summary.splitlines() if line.startswith("|")) <= 110  # fits a page
+    # forgetting per language: each language's score after its own task (the diagonal) and after the last
+    langs, own, last = forgetting_scores(make_rows("cll_clip"), "t2i_r1")
+    assert langs == ORDER and own.tolist() == [40.0, 30.0, 29.0] and last.tolist() == [33.0, 25.0, 29.0]
+    assert "(plots/forgetting_cll_clip.png)" in text.split("### Forgetting per language")[1]
+    # the I2T heatmap beside the T2I one, on one row per method
+    assert "| cll_clip | ![cll_clip, t2i_r1](plots/heatmap_cll_clip_t2i_r1.png) | " \
+           "![cll_clip, i2t_r1](plots/heatmap_cll_clip_i2t_r1.png) |" in text
+    # the config: each method's config.yaml, the keys they differ on side by side
+    assert "| `method.name` | `cll_clip` | `cll_clip_teir` |" in text.split("## Config")[1]
+    # without run_info.json: the task times and this build's versions, said so
+    assert "training time (sum of the task times; the run recorded no wall time): cll_clip 33 s" in text
+    assert f"(of this report's build: the run recorded none): cll-ray {version('cll-ray')}, torch " in text
+    # a run recorded in two parts (interrupted, resumed): their sum, and the versions it ran with
+    record_run_info(run_dir, 100.0)
+    record_run_info(run_dir, 23.4)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["wall_seconds"] == [100.0, 23.4] and info["versions"]["ray"] == version("ray")
+    text = build_report([run_dir]).read_text()
+    assert "- wall time: 123 s in 2 parts (resumed)" in text
+    assert f"- versions: cll-ray {version('cll-ray')}, torch {version('torch')}, ray {version('ray')}, " \
+           f"open_clip {version('open_clip_torch')}" in text
+
+
+def test_report_pieces_from_real_runs_results(tmp_path):
+    """The committed results of real runs (the default run; a joint run beside ER): every piece is there."""
+    from cll_ray.config import load_yaml_file
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    shutil.copytree(root / "default", tmp_path / "default")
+    shutil.copytree(root / "joint-ceiling" / "as-run", tmp_path / "as-run")
+    text = build_report([tmp_path / "default"]).read_text()
+    rows = load_results(tmp_path / "default")
+    for method, method_rows in rows.items():
+        cl = method_rows[-1]["cl"]
+        cells = [f"{cl[m][k]:.1f}" for m in ("t2i_r1", "i2t_r1") for k in ("AA", "F", "Fen", "plasticity")]
+        summary_row = next(line for line in text.split("## Summary")[1].splitlines() if line.startswith(f"| {method} |"))
+        assert [c.strip("* ") for c in summary_row.split("|")[3:-1]] == cells
+        for name in (f"heatmap_{method}_t2i_r1", f"heatmap_{method}_i2t_r1", f"forgetting_{method}"):
+            _png(tmp_path / "default" / "plots" / f"{name}.png")
+            assert f"(plots/{name}.png)" in text
+    lr = load_yaml_file(tmp_path / "default" / "cll_clip" / "config.yaml")["train"]["lr"]
+    assert f"| `train.lr` | `{lr}` |" in text and "| `method.init` | `normal` | `teir` |" in text
+    # a joint run learns every language in one task: no forgetting plot for it, one for ER
+    text = build_report([tmp_path / "as-run"]).read_text()
+    assert (tmp_path / "as-run" / "plots" / "forgetting_er_teir.png").exists()
+    assert not (tmp_path / "as-run" / "plots" / "forgetting_joint.png").exists()
+    assert "heatmap_joint_i2t_r1.png" in text
 
 
 def test_two_runs_are_disambiguated(run_dir, tmp_path):

@@ -41,7 +41,7 @@ def finished_trials(sweep_dir: Path) -> dict[str, float]:
 
 def steady_after_a_finish(sweep_dir: Path) -> bool:
     """A trial finished over 5 s ago (Tune has recorded it) and every started trial has checkpointed a task: the
-    kill lands in training, not while Tune or Train is placing a trial (that race is ``is_orphaned``'s)."""
+    kill lands in training, not while Tune or Train is placing a trial (a window this test does not aim at)."""
     done = finished_trials(sweep_dir)
     started = list((sweep_dir / "trials").glob("*"))
     return (bool(done) and time.time() - max(done.values()) > 5 and len(started) > len(done)

@@ -16,7 +16,9 @@ import numpy as np
 
 from cll_ray.distributed.tuner import SPACE_COPY, SWEEP_FILE, experiment_path
 from cll_ray.io import atomic_write_text
-from cll_ray.report import MISSING, _fmt, _markdown, _save, _slug, heatmap_figure, metric_label
+from cll_ray.report.builder import _slug
+from cll_ray.report.plots import _figure, _save, heatmap_figure, metric_label
+from cll_ray.report.tables import MISSING, _fmt, _markdown
 from cll_ray.sweep import OBJECTIVES, load_space
 
 REPORT_FILE = "report.md"
@@ -96,8 +98,6 @@ def best_table(info: dict, trials: list[TrialSummary], keys: list[str], preset_i
 def plot_parameter(trials: list[TrialSummary], complete_ids: set[str], key: str, objective: str, path: Path) -> Path:
     """Objective against one hyper-parameter: complete trials filled, trials stopped early hollow (their
     objective is over the tasks they reached)."""
-    from cll_ray.report import _figure
-
     fig = _figure(4.8, 3.4)
     ax = fig.add_subplot()
     values = [t.point[key] for t in trials]

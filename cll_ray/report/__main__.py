@@ -1,0 +1,3 @@
+from cll_ray.report.builder import main
+
+raise SystemExit(main())
