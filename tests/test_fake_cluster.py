@@ -1,0 +1,180 @@
+"""The cluster as documented, on one machine: Ray's own ``fake_multinode`` autoscaling cluster from
+cluster/local-fake.yaml (a head with CPU 0 and TRAIN_DRIVER, worker node types that scale from zero), with token
+auth on. ``cll-ray run`` with two methods and a small ``cll-ray tune`` sweep go in through ``ray job submit``
+with the token; Ray's own records (its node and actor tables, the autoscaler's log) then show the worker nodes
+coming up for the run's request, both methods' Train workers alive at the same time on worker nodes, the trial
+drivers on the head, the results written, and every worker node gone again once idle.
+
+The head is started on its own port and temporary directory and stopped by them (helpers.stop_head), never
+with `ray stop`, which would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import BIN, REPO, cli_env, free_port, stop_head
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(3000)]
+
+TINY = ["--quiet", "data.synthxm_size=tiny", "train.epochs=1", "train.batch_size=32", "train.lr=5e-3",
+        "model.language_vocab_size=600"]
+METHODS = ["cll_clip", "cll_clip_teir"]
+LANGS = ["en", "fr"]
+IDLE_TIMEOUT_MIN = 0.2  # the test's copy: idle fake nodes go after 12 s
+SCALE_DOWN_WAIT_S = 600
+
+
+def write_token(path: Path) -> None:
+    """A fresh auth token, readable by its owner only (Ray's own `get-auth-token --generate` leaves it 0644)."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+
+
+def _ray(env: dict, *args: str, timeout: int = 180) -> str:
+    done = subprocess.run([str(BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"ray {' '.join(args)}:\n{(done.stdout + done.stderr)[-4000:]}"
+    return done.stdout
+
+
+def _listed(env: dict, what: str) -> list[dict]:
+    out = _ray(env, "list", what, "--detail", "--format", "json", "--limit", "10000", "--address", env["RAY_ADDRESS"])
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def fake_cluster(cli_home, tmp_path_factory):
+    """The head of cluster/local-fake.yaml (its resources as the YAML declares them) on a free port, with a
+    copy of the YAML that points the fake nodes at that port and removes idle nodes sooner."""
+    from ray._private.services import get_node_ip_address
+
+    work = tmp_path_factory.mktemp("fake")
+    temp_dir = tempfile.mkdtemp(prefix="cllfake-", dir="/tmp")  # short: Ray's socket paths live under it
+    ip, port, dashboard = get_node_ip_address(), free_port(), free_port()
+    config = yaml.safe_load((REPO / "cluster" / "local-fake.yaml").read_text(encoding="utf-8"))
+    config["idle_timeout_minutes"] = IDLE_TIMEOUT_MIN
+    config["provider"]["gcs_address"] = f"{ip}:{port}"
+    (work / "fake.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    write_token(work / "auth_token")
+    head = dict(config["available_node_types"]["ray.head.default"]["resources"])
+    env = {**cli_env(cli_home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "auth_token"),
+           "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_ADDRESS": f"{ip}:{port}",
+           "RAY_DASHBOARD_URL": f"http://127.0.0.1:{dashboard}"}
+    try:
+        _ray(env, "start", "--head", f"--port={port}", f"--node-ip-address={ip}", f"--num-cpus={head.pop('CPU')}",
+             f"--resources={json.dumps(head)}", f"--autoscaling-config={work / 'fake.yaml'}",
+             f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard}", "--disable-usage-stats")
+        yield {"env": env, "work": work, "temp_dir": Path(temp_dir)}
+    finally:
+        stop_head(env)  # the head, the autoscaler, and the fake nodes it started (all name this GCS address)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(env: dict, *entrypoint: str) -> str:
+    runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
+                                                                  "RAY_DATA_DISABLE_PROGRESS_BARS")},
+                              "excludes": [".venv", "runs", ".cache", ".git"]})
+    out = _ray(env, "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
+               "--runtime-env-json", runtime_env, "--", *entrypoint, timeout=1800)
+    assert "succeeded" in out, out[-4000:]
+    return out
+
+
+def _autoscaler_events(temp_dir: Path) -> list[tuple[str, str]]:
+    """(time, line) of the autoscaler's launches and terminations, from its own log."""
+    events = []
+    for log in temp_dir.glob("session_*/logs/monitor.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if re.search(r"Launching \d+ nodes|Queue \d+ new nodes|Terminating|terminat.*idle|Removing \d+ nodes",
+                         line, re.IGNORECASE):
+                events.append((line[:23], line.strip()[-160:]))
+    return events
+
+
+def _span(actor: dict) -> tuple[float, float]:
+    return actor["start_time_ms"] / 1000, (actor.get("end_time_ms") or time.time() * 1000) / 1000
+
+
+def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(fake_cluster, tmp_path):
+    env, temp_dir = fake_cluster["env"], fake_cluster["temp_dir"]
+    nodes = _listed(env, "nodes")
+    assert [n["is_head_node"] for n in nodes if n["state"] == "ALIVE"] == [True], nodes  # no workers yet
+    (head,) = [n for n in nodes if n["is_head_node"]]
+    assert head["resources_total"].get("CPU", 0) == 0 and head["resources_total"]["TRAIN_DRIVER"] == 4
+
+    # 1. a run with two methods, and a sweep of two trials side by side, both through `ray job submit`
+    t0 = time.time()
+    out = submit(env, "cll-ray", "run", "--methods", ",".join(METHODS), "--langs", ",".join(LANGS), "--workers", "1",
+                 *TINY, f"run.output_dir={tmp_path}", "run.name=fake")
+    assert "trainers: 2 side by side, 1 worker(s) each" in out, out[-4000:]
+    t_run = time.time()
+    submit(env, "cll-ray", "tune", "tune_spaces/teir.yaml", "--samples", "2", "--orders", "1", "--concurrent", "2",
+           *TINY, f"run.languages=[{','.join(LANGS)}]", f"run.output_dir={tmp_path}", "run.name=sweep")
+    t_sweep = time.time()
+
+    # 2. the results: every method learned every language; every trial reported after every task
+    for method in METHODS:
+        rows = (tmp_path / "fake" / method / "results.jsonl").read_text().splitlines()
+        assert [json.loads(r)["lang"] for r in rows] == LANGS, method
+    summary = json.loads((tmp_path / "fake" / "run.json").read_text())
+    assert set(summary) == set(METHODS)
+    trials = sorted((tmp_path / "sweep" / "trials").iterdir())
+    assert len(trials) == 2 and all((t / "config.yaml").exists() for t in trials)
+
+    # 3. idle worker nodes go: wait for the head to be alone again
+    deadline = time.time() + SCALE_DOWN_WAIT_S
+    while len([n for n in _listed(env, "nodes") if n["state"] == "ALIVE"]) > 1:
+        assert time.time() < deadline, f"worker nodes still up {SCALE_DOWN_WAIT_S} s after the jobs:\n" + \
+            _ray(env, "status", "--address", env["RAY_ADDRESS"])
+        time.sleep(5)
+    t_down = time.time()
+
+    # 4. what happened, from Ray's node and actor tables
+    nodes = _listed(env, "nodes")
+    workers = [n for n in nodes if not n["is_head_node"]]
+    assert workers and all(n["state"] == "DEAD" for n in workers)
+    assert all("GPU" not in n["resources_total"] for n in workers)
+    actors = _listed(env, "actors")
+    train_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and t0 * 1000 <= a["start_time_ms"]
+                     and a["start_time_ms"] <= t_run * 1000]
+    assert {a["node_id"] for a in train_workers} <= {n["node_id"] for n in workers}, "training on the head"
+    spans = sorted(_span(a) for a in train_workers)
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    assert overlapping, f"the two methods' Train workers never ran at the same time: {spans}"
+    trial_drivers = [a for a in actors if "TRAIN_DRIVER" in (a.get("required_resources") or {})]
+    sweep_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and a["start_time_ms"] >= t_run * 1000]
+    assert trial_drivers and all(a["node_id"] == head["node_id"] for a in trial_drivers), trial_drivers
+    assert sweep_workers and all(a["node_id"] != head["node_id"] for a in sweep_workers)
+
+    # 5. the timeline, for the record (and the issue's closing note)
+    def at(seconds: float) -> str:
+        return f"{seconds - t0:7.1f} s"
+
+    lines = [f"{at(t0)}  run submitted ({', '.join(METHODS)}; {', '.join(LANGS)}; --workers 1)"]
+    for n in sorted(workers, key=lambda n: n["start_time_ms"]):
+        cpus = n["resources_total"].get("CPU")
+        lines.append(f"{at(n['start_time_ms'] / 1000)}  node up   {n['node_id'][-5:]} CPU {cpus}")
+        lines.append(f"{at(n['end_time_ms'] / 1000)}  node down {n['node_id'][-5:]}")
+    for a in sorted(train_workers, key=lambda a: a["start_time_ms"]):
+        start, end = _span(a)
+        lines.append(f"{at(start)}  run Train worker started on {a['node_id'][-5:]} (ended {at(end)})")
+    lines += [f"{at(t_run)}  run finished", f"{at(t_sweep)}  sweep finished "
+              f"(trial drivers on the head: {len(trial_drivers)}, Train workers on worker nodes: {len(sweep_workers)})",
+              f"{at(t_down)}  head alone again"]
+    lines = sorted(lines) + [f"autoscaler {stamp}: {line}" for stamp, line in _autoscaler_events(temp_dir)]
+    (tmp_path / "timeline.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
