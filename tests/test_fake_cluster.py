@@ -73,11 +73,18 @@ def fake_cluster(cli_home, tmp_path_factory):
     env = {**cli_env(cli_home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "auth_token"),
            "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_ADDRESS": f"{ip}:{port}",
            "RAY_DASHBOARD_URL": f"http://127.0.0.1:{dashboard}"}
+    start = ["start", "--head", f"--port={port}", f"--node-ip-address={ip}", f"--num-cpus={head.pop('CPU')}",
+             f"--resources={json.dumps(head)}", f"--autoscaling-config={work / 'fake.yaml'}", f"--temp-dir={temp_dir}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             "--disable-usage-stats"]
     try:
-        _ray(env, "start", "--head", f"--port={port}", f"--node-ip-address={ip}", f"--num-cpus={head.pop('CPU')}",
-             f"--resources={json.dumps(head)}", f"--autoscaling-config={work / 'fake.yaml'}",
-             f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", "--disable-usage-stats")
+        for attempt in range(3):  # on a saturated machine the head can miss Ray's registration window
+            done = subprocess.run([str(BIN / "ray"), *start], env={**env, "RAY_raylet_start_wait_time_s": "120"},
+                                  cwd=REPO, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                break
+            stop_head(env)
+            assert attempt < 2 and "timed out during startup" in done.stderr, (done.stdout + done.stderr)[-4000:]
         yield {"env": env, "work": work, "temp_dir": Path(temp_dir)}
     finally:
         stop_head(env)  # the head, the autoscaler, and the fake nodes it started (all name this GCS address)
@@ -88,10 +95,15 @@ def submit(env: dict, *entrypoint: str) -> str:
     runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
                                                                   "RAY_DATA_DISABLE_PROGRESS_BARS")},
                               "excludes": [".venv", "runs", ".cache", ".git"]})
-    out = _ray(env, "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
-               "--runtime-env-json", runtime_env, "--", *entrypoint, timeout=1800)
-    assert "succeeded" in out, out[-4000:]
-    return out
+    command = [str(BIN / "ray"), "job", "submit", "--address", env["RAY_DASHBOARD_URL"], "--working-dir", str(REPO),
+               "--runtime-env-json", runtime_env, "--", *entrypoint]
+    for _ in range(60):  # the head's job agent registers a while after `ray start` returns (no job made yet)
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=1800)
+        if "No available agent to submit job" not in done.stderr:
+            break
+        time.sleep(5)
+    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-6000:]
+    return done.stdout
 
 
 def _autoscaler_events(temp_dir: Path) -> list[tuple[str, str]]:
