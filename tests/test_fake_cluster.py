@@ -12,7 +12,6 @@ with `ray stop`, which would stop every Ray on the machine.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, REPO, cli_env, free_port, stop_head
+from helpers import BIN, REPO, cli_env, free_port, head_ports, stop_head, token_env, write_token
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(3000)]
 
@@ -32,15 +31,6 @@ METHODS = ["cll_clip", "cll_clip_teir"]
 LANGS = ["en", "fr"]
 IDLE_TIMEOUT_MIN = 0.2  # the test's copy: idle fake nodes go after 12 s
 SCALE_DOWN_WAIT_S = 600
-
-
-def write_token(path: Path) -> None:
-    """A fresh auth token, readable by its owner only (Ray's own `get-auth-token --generate` leaves it 0644)."""
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(generate_new_authentication_token())
 
 
 def _ray(env: dict, *args: str, timeout: int = 180) -> str:
@@ -70,13 +60,12 @@ def fake_cluster(cli_home, tmp_path_factory):
     (work / "fake.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     write_token(work / "auth_token")
     head = dict(config["available_node_types"]["ray.head.default"]["resources"])
-    env = {**cli_env(cli_home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(work / "auth_token"),
-           "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_ADDRESS": f"{ip}:{port}",
+    env = {**token_env(cli_env(cli_home), work / "auth_token"), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_ADDRESS": f"{ip}:{port}",
            "RAY_DASHBOARD_URL": f"http://127.0.0.1:{dashboard}"}
     start = ["start", "--head", f"--port={port}", f"--node-ip-address={ip}", f"--num-cpus={head.pop('CPU')}",
              f"--resources={json.dumps(head)}", f"--autoscaling-config={work / 'fake.yaml'}", f"--temp-dir={temp_dir}",
              "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             "--disable-usage-stats"]
+             *head_ports(), "--disable-usage-stats"]
     try:
         for attempt in range(3):  # on a saturated machine the head can miss Ray's registration window
             done = subprocess.run([str(BIN / "ray"), *start], env={**env, "RAY_raylet_start_wait_time_s": "120"},
