@@ -97,15 +97,21 @@ def submit(env: dict, *entrypoint: str) -> str:
     return done.stdout
 
 
-def _autoscaler_events(temp_dir: Path) -> list[tuple[str, str]]:
-    """(time, line) of the autoscaler's launches and terminations, from its own log."""
-    events = []
+def _autoscaler_events(temp_dir: Path) -> list[str]:
+    """The autoscaler's own account, from its log: launches and removals as it logs them, and the span of its
+    status reports that list the run's ``request_resources`` bundles."""
+    events, requests, stamp = [], [], ""
     for log in temp_dir.glob("session_*/logs/monitor.log"):
         for line in log.read_text(errors="replace").splitlines():
-            if re.search(r"Launching \d+ nodes|Queue \d+ new nodes|Terminating|terminat.*idle|Removing \d+ nodes",
-                         line, re.IGNORECASE):
-                events.append((line[:23], line.strip()[-160:]))
-    return events
+            if re.match(r"\d{4}-\d\d-\d\d ", line):
+                stamp = line[:19]
+            if "event_summary" in line:
+                events.append(f"{stamp}  {line.split('event_summary:', 1)[1]}")
+            elif "from request_resources()" in line:
+                requests.append(f"{stamp}  {line.strip()}")
+    if requests:
+        events += [f"{requests[0]} (first report)", f"{requests[-1]} (last report)"]
+    return sorted(events)
 
 
 def _span(actor: dict) -> tuple[float, float]:
@@ -178,6 +184,8 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
     lines += [f"{at(t_run)}  run finished", f"{at(t_sweep)}  sweep finished "
               f"(trial drivers on the head: {len(trial_drivers)}, Train workers on worker nodes: {len(sweep_workers)})",
               f"{at(t_down)}  head alone again"]
-    lines = sorted(lines) + [f"autoscaler {stamp}: {line}" for stamp, line in _autoscaler_events(temp_dir)]
+    events = _autoscaler_events(temp_dir)
+    assert any("request_resources" in e for e in events), "the autoscaler never saw the run's request"
+    lines = sorted(lines) + [f"autoscaler {event}" for event in events]
     (tmp_path / "timeline.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
