@@ -114,8 +114,16 @@ def _autoscaler_events(temp_dir: Path) -> list[str]:
     return sorted(events)
 
 
-def _span(actor: dict) -> tuple[float, float]:
-    return actor["start_time_ms"] / 1000, (actor.get("end_time_ms") or time.time() * 1000) / 1000
+def _actor_spans(tasks: list[dict]) -> dict[str, tuple[float, float]]:
+    """(first start, last end) in seconds of each actor's tasks: when it was at work (Ray's actor table has no
+    times; its task table does)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for task in tasks:
+        if task.get("actor_id") and task.get("start_time_ms"):
+            start, end = task["start_time_ms"] / 1000, (task.get("end_time_ms") or task["start_time_ms"]) / 1000
+            first, last = spans.get(task["actor_id"], (start, end))
+            spans[task["actor_id"]] = (min(first, start), max(last, end))
+    return spans
 
 
 def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(fake_cluster, tmp_path):
@@ -152,40 +160,43 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
         time.sleep(5)
     t_down = time.time()
 
-    # 4. what happened, from Ray's node and actor tables
+    # 4. what happened, from Ray's node, actor and task tables and the autoscaler's log
     nodes = _listed(env, "nodes")
     workers = [n for n in nodes if not n["is_head_node"]]
-    assert workers and all(n["state"] == "DEAD" for n in workers)
-    assert all("GPU" not in n["resources_total"] for n in workers)
     actors = _listed(env, "actors")
-    train_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and t0 * 1000 <= a["start_time_ms"]
-                     and a["start_time_ms"] <= t_run * 1000]
-    assert {a["node_id"] for a in train_workers} <= {n["node_id"] for n in workers}, "training on the head"
-    spans = sorted(_span(a) for a in train_workers)
-    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
-    assert overlapping, f"the two methods' Train workers never ran at the same time: {spans}"
+    spans = _actor_spans(_listed(env, "tasks"))
+    train_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and a["actor_id"] in spans]
+    run_workers = [a for a in train_workers if spans[a["actor_id"]][0] < t_run]
+    sweep_workers = [a for a in train_workers if spans[a["actor_id"]][0] >= t_run]
     trial_drivers = [a for a in actors if "TRAIN_DRIVER" in (a.get("required_resources") or {})]
-    sweep_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and a["start_time_ms"] >= t_run * 1000]
-    assert trial_drivers and all(a["node_id"] == head["node_id"] for a in trial_drivers), trial_drivers
-    assert sweep_workers and all(a["node_id"] != head["node_id"] for a in sweep_workers)
+    events = _autoscaler_events(temp_dir)
 
-    # 5. the timeline, for the record (and the issue's closing note)
+    # 5. the timeline, for the record (printed before the checks, so that a failure shows it too)
     def at(seconds: float) -> str:
         return f"{seconds - t0:7.1f} s"
 
     lines = [f"{at(t0)}  run submitted ({', '.join(METHODS)}; {', '.join(LANGS)}; --workers 1)"]
-    for n in sorted(workers, key=lambda n: n["start_time_ms"]):
-        cpus = n["resources_total"].get("CPU")
-        lines.append(f"{at(n['start_time_ms'] / 1000)}  node up   {n['node_id'][-5:]} CPU {cpus}")
-        lines.append(f"{at(n['end_time_ms'] / 1000)}  node down {n['node_id'][-5:]}")
-    for a in sorted(train_workers, key=lambda a: a["start_time_ms"]):
-        start, end = _span(a)
-        lines.append(f"{at(start)}  run Train worker started on {a['node_id'][-5:]} (ended {at(end)})")
-    lines += [f"{at(t_run)}  run finished", f"{at(t_sweep)}  sweep finished "
-              f"(trial drivers on the head: {len(trial_drivers)}, Train workers on worker nodes: {len(sweep_workers)})",
-              f"{at(t_down)}  head alone again"]
-    events = _autoscaler_events(temp_dir)
-    assert any("request_resources" in e for e in events), "the autoscaler never saw the run's request"
+    for n in workers:
+        lines.append(f"{at(n['start_time_ms'] / 1000)}  node up   {n['node_id'][-5:]} CPU {n['resources_total'].get('CPU')}")
+        if n.get("end_time_ms"):
+            lines.append(f"{at(n['end_time_ms'] / 1000)}  node down {n['node_id'][-5:]}")
+    for a in train_workers:
+        start, end = spans[a["actor_id"]]
+        what = "run" if a in run_workers else "sweep"
+        lines.append(f"{at(start)}  {what} Train worker at work on node {a['node_id'][-5:]} until {at(end)}")
+    lines += [f"{at(t_run)}  run finished", f"{at(t_sweep)}  sweep finished (trial drivers: "
+              f"{[a['node_id'][-5:] for a in trial_drivers]}, head {head['node_id'][-5:]})", f"{at(t_down)}  head alone"]
     lines = sorted(lines) + [f"autoscaler {event}" for event in events]
     (tmp_path / "timeline.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+    # 6. the checks
+    assert workers and all(n["state"] == "DEAD" for n in workers)
+    assert all("GPU" not in n["resources_total"] for n in workers)
+    assert any("request_resources" in e for e in events), "the autoscaler never saw the run's request"
+    assert len(run_workers) >= 2 and sweep_workers, [a["class_name"] for a in actors]
+    assert {a["node_id"] for a in train_workers} <= {n["node_id"] for n in workers}, "training on the head"
+    run_spans = sorted(spans[a["actor_id"]] for a in run_workers)
+    overlapping = [(a, b) for i, a in enumerate(run_spans) for b in run_spans[i + 1:] if b[0] < a[1]]
+    assert overlapping, f"the two methods' Train workers never worked at the same time: {run_spans}"
+    assert len(trial_drivers) >= 2 and all(a["node_id"] == head["node_id"] for a in trial_drivers), trial_drivers
