@@ -60,8 +60,8 @@ def test_local_mode_run_writes_every_output(local_run):
 
 
 def test_the_autoscaler_request_is_withdrawn_when_the_run_ends_also_on_error(local_run):
-    """A run's request_resources is a key in the GCS that an autoscaler reads (none runs here: the call is
-    harmless, and the run sizes itself from what is up); whatever happens, the run leaves it empty."""
+    """A run's request_resources is a key in the GCS that an autoscaler reads (a local Ray's is read-only: the
+    call is harmless, and the run sizes itself from what is up); whatever happens, the run leaves it empty."""
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 
@@ -70,6 +70,12 @@ def test_the_autoscaler_request_is_withdrawn_when_the_run_ends_also_on_error(loc
     def asked():
         return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
 
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+
+    deadline = time.time() + 120
+    while _internal_kv_get(DEBUG_AUTOSCALING_STATUS) is None:  # the head's read-only monitor reports
+        assert time.time() < deadline, "the local Ray's monitor never reported"
+        time.sleep(1)
     assert not autoscaling()
     assert asked() == []  # after the local run of the fixture
     bundles = trainer_bundles(tiny_config("cll_clip_teir", 2, "run.use_gpu=true"), 2)

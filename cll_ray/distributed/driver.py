@@ -57,13 +57,20 @@ def trainer_bundles(cfg: ExperimentConfig, trainers: int) -> list[dict]:
 
 
 def autoscaling() -> bool:
-    """Whether an autoscaler watches this cluster (v1 writes its status to the GCS on every update, v2 sets its
-    flag there): then the cluster grows to what a run asks for, and what is up now says nothing about it."""
+    """Whether an autoscaler that launches nodes watches this cluster: v2 sets its flag in the GCS; v1 writes its
+    status there on every update. Every head runs a v1 monitor, but one started without an autoscaling config
+    (a local Ray, `ray start` by hand) is read-only, and names each node's type after the node (``node_<id>``)
+    instead of a node type of the config. Where it launches nodes, what is up now says nothing of what a run
+    will get."""
     from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
     from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
-    return is_autoscaler_v2() or _internal_kv_get(DEBUG_AUTOSCALING_STATUS) is not None
+    if is_autoscaler_v2():
+        return True
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {} if status else {}
+    return any(node_type != f"node_{node}" for node, node_type in mapping.items())
 
 
 def trainers_at_once(cfg: ExperimentConfig, trainers: int) -> int:
