@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -114,13 +115,20 @@ def _autoscaler_events(temp_dir: Path) -> list[str]:
     return sorted(events)
 
 
+def _seconds(value) -> float:
+    """A time of Ray's state CLI in seconds: ``--format json`` prints the ``*_ms`` columns as local datetimes."""
+    if isinstance(value, (int, float)):
+        return value / 1000
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
 def _actor_spans(tasks: list[dict]) -> dict[str, tuple[float, float]]:
     """(first start, last end) in seconds of each actor's tasks: when it was at work (Ray's actor table has no
     times; its task table does)."""
     spans: dict[str, tuple[float, float]] = {}
     for task in tasks:
         if task.get("actor_id") and task.get("start_time_ms"):
-            start, end = task["start_time_ms"] / 1000, (task.get("end_time_ms") or task["start_time_ms"]) / 1000
+            start, end = _seconds(task["start_time_ms"]), _seconds(task.get("end_time_ms") or task["start_time_ms"])
             first, last = spans.get(task["actor_id"], (start, end))
             spans[task["actor_id"]] = (min(first, start), max(last, end))
     return spans
@@ -177,9 +185,9 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
 
     lines = [f"{at(t0)}  run submitted ({', '.join(METHODS)}; {', '.join(LANGS)}; --workers 1)"]
     for n in workers:
-        lines.append(f"{at(n['start_time_ms'] / 1000)}  node up   {n['node_id'][-5:]} CPU {n['resources_total'].get('CPU')}")
+        lines.append(f"{at(_seconds(n['start_time_ms']))}  node up   {n['node_id'][-5:]} CPU {n['resources_total'].get('CPU')}")
         if n.get("end_time_ms"):
-            lines.append(f"{at(n['end_time_ms'] / 1000)}  node down {n['node_id'][-5:]}")
+            lines.append(f"{at(_seconds(n['end_time_ms']))}  node down {n['node_id'][-5:]}")
     for a in train_workers:
         start, end = spans[a["actor_id"]]
         what = "run" if a in run_workers else "sweep"
