@@ -1,6 +1,7 @@
 """Helpers for tests that run the CLI in separate processes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,7 +90,9 @@ def stop_head(env: dict) -> None:
     port = address.rsplit(":", 1)[1]
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or [])
-        if address in cmdline or f"--gcs_server_port={port}" in cmdline:
+        # the monitor and log monitor name the GCS by the node's own IP, not the loopback address given
+        if address in cmdline or f"--gcs_server_port={port}" in cmdline or re.search(
+                rf"--gcs-address=\S+:{port}(\s|$)", cmdline):
             try:
                 p.kill()
             except psutil.Error:
