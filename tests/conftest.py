@@ -62,12 +62,14 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
-def ray_head(cli_home):
-    """One `ray start --head` on loopback for the CLI tests that need a standing cluster (job submit, the sweep);
-    stopped by its own address only, never another process's Ray. Yields the CLI environment pointing at it."""
-    from helpers import cli_env, start_head, stop_head
+def ray_head(cli_home, tmp_path_factory):
+    """One `ray start --head` on loopback for the CLI tests that need a standing cluster (job submit, the sweep),
+    with token auth on as on the documented clusters (the token in a 0600 file, RAY_AUTH_TOKEN_PATH); stopped by
+    its own address only, never another process's Ray. Yields the CLI environment pointing at it."""
+    from helpers import cli_env, start_head, stop_head, token_env, write_token
 
-    env = start_head(cli_env(cli_home))
+    token = write_token(tmp_path_factory.mktemp("auth") / "auth_token")
+    env = start_head(token_env(cli_env(cli_home), token))
     yield env
     stop_head(env)
 

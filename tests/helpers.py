@@ -1,6 +1,7 @@
 """Helpers for tests that run the CLI in separate processes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write_token(path: Path) -> Path:
+    """A fresh Ray auth token at ``path``, readable by its owner only, as the cluster docs make theirs (Ray's own
+    `get-auth-token --generate` writes with the default umask: world-readable)."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+    return path
+
+
+def token_env(env: dict, token_file: Path) -> dict:
+    """``env`` with token auth on, the token read from ``token_file`` (RAY_AUTH_TOKEN_PATH), as a client of the
+    documented clusters runs."""
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def head_ports() -> list[str]:
+    """`ray start --head` flags for every port that would otherwise be a fixed default (the dashboard agent's
+    52365, the Ray client's 10001), which another Ray on this machine may hold."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+
+
 def start_head(env: dict, num_cpus: int = 2) -> dict:
     """``ray start --head`` on loopback; returns ``env`` with RAY_ADDRESS pointing at it (and RAY_DASHBOARD_URL).
 
@@ -54,7 +78,7 @@ def start_head(env: dict, num_cpus: int = 2) -> dict:
     env = {**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_DASHBOARD_URL": f"http://127.0.0.1:{dashboard}"}
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *head_ports(),
          "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     return env
@@ -66,7 +90,9 @@ def stop_head(env: dict) -> None:
     port = address.rsplit(":", 1)[1]
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or [])
-        if address in cmdline or f"--gcs_server_port={port}" in cmdline:
+        # the monitor and log monitor name the GCS by the node's own IP, not the loopback address given
+        if address in cmdline or f"--gcs_server_port={port}" in cmdline or re.search(
+                rf"--gcs-address=\S+:{port}(\s|$)", cmdline):
             try:
                 p.kill()
             except psutil.Error:

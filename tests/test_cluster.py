@@ -321,7 +321,7 @@ def _documented_runs(text: str) -> list[str]:
     """Every `cll-ray run ...` command in a text, backslash continuations (also in comments) joined."""
     joined = re.sub(r"\\\n\s*#?\s*", " ", text)
     commands = []
-    for m in re.finditer(r"cll-ray run(?=\s+(?:--|[\w.]+=))[^`\n]*", joined):  # a flag or override follows
+    for m in re.finditer(r"cll-ray run(?=\s+(?:--|[\w.]+=))[^`\"\n]*", joined):  # a flag or override follows; a JSON value ends at its quote
         commands.append(m.group(0).split(" #")[0].strip())
     return commands
 
@@ -376,7 +376,7 @@ def test_submit_commands_use_the_tunnel_token_and_working_dir():
     for name in REAL_LAUNCHERS:
         text = re.sub(r"\\\n#\s*", " ", _text(name))
         assert re.search(
-            r"RAY_AUTH_MODE=token ray job submit --address http://127\.0\.0\.1:8265 --working-dir \. --", text
+            r"RAY_AUTH_MODE=token (uv run )?ray job submit --address http://127\.0\.0\.1:8265 --working-dir \. --", text
         ), name
 
 
@@ -389,3 +389,204 @@ def test_docs_list_every_config():
             assert f"`{path.name}`" in readme, path.name
     for name in LAUNCHERS + KUBE_CLUSTERS + [KUBE_STORAGE]:
         assert f"cluster/{name}" in section, name
+
+
+# ---------------------------------------------------------------- a first `ray up` that works, safely
+
+CLOUD_SDK = {"aws-gpu.yaml": "boto3", "gcp-gpu.yaml": "google-api-python-client"}
+DOCS = ["cluster/README.md", "docs/cluster.md"]
+
+
+def _doc(path: str) -> str:
+    return (ROOT / path).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", list(CLOUD_SDK))
+def test_launcher_sdk_comes_with_uv_not_pip(name):
+    """The venv has no pip: the client-side cloud SDK is added by `uv run --with`, in the file and the docs."""
+    sdk = CLOUD_SDK[name]
+    for source in [f"cluster/{name}", *DOCS]:
+        text = _doc(source)
+        assert f"pip install {sdk}" not in text and f'pip install "{sdk}' not in text, source
+        for verb in ("up", "down"):
+            assert f"uv run --with {sdk} ray {verb} cluster/{name}" in text, (source, verb)
+
+
+@pytest.mark.parametrize("name", REAL_LAUNCHERS)
+def test_token_is_private_everywhere(name, monkeypatch):
+    """Ray writes ~/.ray/auth_token with the default umask (world-readable) and rsync copies it as is."""
+    cfg = _prepared(name, monkeypatch)
+    assert "chmod 600 ~/.ray/auth_token" in cfg["initialization_commands"]
+    for source in [f"cluster/{name}", *DOCS]:
+        for line in _doc(source).splitlines():
+            if "get-auth-token --generate" in line:
+                assert "umask 077" in line, (source, line)
+    for source in DOCS:
+        assert "runs anyone's code" in _doc(source), source
+
+
+def test_aws_nodes_use_the_precreated_security_group(monkeypatch):
+    cfg = _prepared("aws-gpu.yaml", monkeypatch)
+    groups = {json.dumps(t["node_config"].get("SecurityGroupIds")) for t in cfg["available_node_types"].values()}
+    assert groups == {json.dumps(["sg-YOUR-GROUP"])}, groups  # every node type: Ray creates no group of its own
+    assert "mount -t nfs4" in "\n".join(cfg["initialization_commands"])
+    for source in DOCS:  # how to create the group: SSH from your range, NFS (all traffic) inside it
+        assert "sg-YOUR-GROUP" in _doc(source) and "--source-group sg-YOUR-GROUP" in _doc(source), source
+
+
+def test_gcp_workers_have_no_public_ip_their_own_account_and_a_ready_driver(monkeypatch):
+    cfg = _prepared("gcp-gpu.yaml", monkeypatch)
+    types = cfg["available_node_types"]
+    # every node type names its interfaces, else Ray's bootstrap gives all of them a public IP
+    assert all("networkInterfaces" in t["node_config"] for t in types.values())
+    for name, node_type in types.items():
+        (nic,) = node_type["node_config"]["networkInterfaces"]
+        assert nic["subnetwork"].endswith("/subnetworks/default")
+        if name == cfg["head_node_type"]:
+            assert nic["accessConfigs"], "the head needs its address for `ray up` and the tunnel"
+            assert "serviceAccounts" not in node_type["node_config"]  # ray up gives it the autoscaler's
+        else:
+            assert not nic.get("accessConfigs"), name
+            (account,) = node_type["node_config"]["serviceAccounts"]
+            assert account["email"].startswith("cll-ray-worker@"), name
+    gpu = [t for t in types.values() if t["resources"].get("GPU")]
+    assert gpu and all({"key": "install-nvidia-driver", "value": "True"} in t["node_config"]["metadata"]["items"]
+                       for t in gpu)
+    waits = [c for c in cfg["worker_setup_commands"] if "nvidia-smi" in c]
+    assert waits and "install-nvidia-driver" in waits[0]  # only where the driver is installed
+    assert not [c for c in cfg["head_setup_commands"] if "nvidia-smi" in c]
+
+
+def test_trial_drivers_ask_for_what_the_heads_offer(monkeypatch):
+    """Tune trial drivers sit on the head where it offers TRAIN_DRIVER (never on a spot worker), and on a
+    sliver of a CPU on a local Ray, which has no such resource."""
+    from cll_ray.distributed.tuner import TRIAL_DRIVER, trial_resources
+
+    for name in REAL_LAUNCHERS:
+        head = _head_resources(_prepared(name, monkeypatch))
+        ask = trial_resources(head)
+        assert set(ask) == {TRIAL_DRIVER} and 0 < ask[TRIAL_DRIVER] <= head[TRIAL_DRIVER], name
+        assert f'{{"{TRIAL_DRIVER}": {ask[TRIAL_DRIVER]}}}' in _text(name)  # what the comments say
+    for name in KUBE_CLUSTERS:
+        head = json.loads(json.loads(_cluster_spec(name)["headGroupSpec"]["rayStartParams"]["resources"]))
+        assert set(trial_resources(head)) == {TRIAL_DRIVER}
+    assert trial_resources({"CPU": 2.0}) == {"CPU": 0.01}
+
+
+@pytest.mark.parametrize("name", ["aws-gpu.yaml", "gcp-gpu.yaml"])
+def test_what_a_run_asks_the_autoscaler_for_fits_the_gpu_node_type(name, monkeypatch):
+    """The bundles a run requests (``--workers`` x methods, the config's worker shape) are each launchable on
+    the GPU worker type, and the type's max_workers lets the documented run have them all at once."""
+    from cll_ray.config import ExperimentConfig
+    from cll_ray.distributed.driver import trainer_bundles
+
+    cfg = ExperimentConfig.from_dict({"run": {"num_workers": 2, "use_gpu": True}})
+    bundles = trainer_bundles(cfg, 2)  # the documented run: --workers 2, two methods
+    assert len(bundles) == 4 and all(b == {"CPU": cfg.run.cpus_per_worker, "GPU": 1} for b in bundles)
+    gpu = [t for t in _prepared(name, monkeypatch)["available_node_types"].values() if t["resources"].get("GPU")]
+    (node_type,) = gpu
+    assert all(b[k] <= node_type["resources"][k] for b in bundles for k in b)
+    per_node = min(int(node_type["resources"][k] // b[k]) for b in bundles[:1] for k in b)
+    assert per_node * node_type["max_workers"] >= len(bundles)
+    assert trainer_bundles(ExperimentConfig.from_dict({"run": {"num_workers": 0}}), 2) == [{"CPU": 1.0}] * 2
+
+
+# ---------------------------------------------------------------- KubeRay manifests, key by key
+
+
+def _flat(obj, prefix: str = "") -> dict[str, str]:
+    """Every leaf of a manifest as ``key.path -> JSON value``; list items by their name (``containers[ray-head]``)
+    where they have one, else by position."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out or {prefix: "{}"}
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flat(v, f"{prefix}[{v.get('name') or v.get('groupName') or i}]"))
+        return out
+    return {prefix: json.dumps(obj)}
+
+
+def _documented_keys(heading: str) -> dict[str, str]:
+    """The ``| `key path` | `value` |`` rows of cluster/README.md's table under ``heading``."""
+    text = _text("README.md")
+    assert heading in text, heading
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| `(.*)` \|", section, re.MULTILINE)
+    assert rows, heading
+    return dict(rows)
+
+
+def test_raycluster_sets_exactly_what_the_docs_say():
+    (doc,) = _documents("kuberay-raycluster.yaml")
+    assert _flat(doc) == _documented_keys("### Every key of `kuberay-raycluster.yaml`")
+
+
+def test_rayjob_cluster_is_the_raycluster_but_for_what_the_docs_say():
+    (cluster,) = _documents("kuberay-raycluster.yaml")
+    (job,) = _documents("kuberay-rayjob.yaml")
+    job_spec = {k: v for k, v in job["spec"].items() if k != "rayClusterSpec"}
+    expected = _flat(cluster["spec"], "spec.rayClusterSpec")
+    expected.update(_documented_keys("### What `kuberay-rayjob.yaml` sets differently"))
+    got = _flat({"apiVersion": job["apiVersion"], "kind": job["kind"], "metadata": job["metadata"],
+                 "spec": {**job_spec, "rayClusterSpec": job["spec"]["rayClusterSpec"]}})
+    assert got == {k: v for k, v in expected.items() if v != "(absent)"}
+
+
+# GPU nodes the docs name: 8 vCPU, 32 GiB (EKS g5.2xlarge, GKE g2-standard-8). What a pod can request there is
+# the node less the kubelet's reservations (GKE's are the larger: CPU 6 % of the first core, 1 % of the next,
+# 0.5 % of the next two, 0.25 % above; memory 25 % of the first 4 GiB, 20 % of the next 4, 10 % of the next 8,
+# 6 % of the next 112, plus 100 MiB for eviction) and what the node's daemon sets take (device plugin, logging,
+# kube-proxy; 0.5 CPU and 1.5 GiB leave room for them).
+GPU_NODE = {"cpu": 8.0, "memory_gi": 32.0}
+DAEMON_SETS = {"cpu": 0.5, "memory_gi": 1.5}
+
+
+def _allocatable(node: dict) -> dict:
+    cpu_reserved = 0.06 + 0.01 + 2 * 0.005 + max(0.0, node["cpu"] - 4) * 0.0025
+    m = node["memory_gi"]
+    mem_reserved = (0.25 * min(m, 4) + 0.2 * min(max(m - 4, 0), 4) + 0.1 * min(max(m - 8, 0), 8)
+                    + 0.06 * min(max(m - 16, 0), 112) + 100 / 1024)
+    return {"cpu": node["cpu"] - cpu_reserved - DAEMON_SETS["cpu"],
+            "memory_gi": node["memory_gi"] - mem_reserved - DAEMON_SETS["memory_gi"]}
+
+
+def _quantity(value) -> float:
+    text = str(value)
+    units = {"m": 1e-3, "Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def _fits(resources: dict, node: dict) -> bool:
+    free = _allocatable(node)
+    return (_quantity(resources["cpu"]) <= free["cpu"] and _quantity(resources["memory"]) <= free["memory_gi"])
+
+
+@pytest.mark.parametrize("name", KUBE_CLUSTERS)
+def test_kuberay_gpu_pods_fit_the_documented_node(name):
+    spec = _cluster_spec(name)
+    for group in spec["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        res = container["resources"]
+        if res["limits"].get("nvidia.com/gpu"):
+            assert res["requests"] == res["limits"]  # Ray advertises the limits: no more than was scheduled
+            assert _fits(res["requests"], GPU_NODE), res["requests"]
+    assert not _fits({"cpu": "8", "memory": "32Gi"}, GPU_NODE)  # the whole node never does
+    for text in (_text(name), _text("README.md")):
+        assert "8-vCPU / 32-GiB" in text and "580" in text
+
+
+@pytest.mark.parametrize("name", KUBE_CLUSTERS)
+def test_kuberay_pods_can_write_the_shared_volume_and_auth_is_on(name):
+    spec = _cluster_spec(name)
+    assert spec["authOptions"]["mode"] == "token"
+    for pod in _pods(spec):
+        assert pod["securityContext"]["fsGroup"] == 100  # the Ray images' "users" group
+    assert spec["headGroupSpec"]["serviceType"] == "ClusterIP"
+    assert "port-forward" in _text(name)

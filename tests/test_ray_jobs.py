@@ -2,6 +2,7 @@
 session's standing `ray start` head (shared with the sweep test)."""
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -91,7 +92,14 @@ def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
 
 
 def test_ray_job_submit_against_a_local_cluster(ray_head, tmp_path):
+    """As the cluster docs submit: token auth on, the token from a file only its owner reads. Without the token
+    the cluster refuses the job."""
     env = ray_head
+    assert env["RAY_AUTH_MODE"] == "token" and oct(os.stat(env["RAY_AUTH_TOKEN_PATH"]).st_mode & 0o777) == "0o600"
+    refused = subprocess.run([str(BIN / "ray"), "job", "list", "--address", env["RAY_DASHBOARD_URL"]],
+                             env={k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
+                             | {"HOME": str(tmp_path)}, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "token" in (refused.stdout + refused.stderr).lower()
     runtime_env = json.dumps({"env_vars": {k: env[k] for k in ("CLL_RAY_HOME", "RAY_ENABLE_UV_RUN_RUNTIME_ENV",
                                                                   "RAY_DATA_DISABLE_PROGRESS_BARS")},
                               "excludes": [".venv", "runs", ".cache", ".git"]})

@@ -58,6 +58,33 @@ def test_local_mode_run_writes_every_output(local_run):
     assert rows[-1]["scores"]["t2i_r1"][2] > rows[-1]["zero_shot"]["t2i_r1"][2] + 15
 
 
+def test_the_autoscaler_request_is_withdrawn_when_the_run_ends_also_on_error(local_run):
+    """A run's request_resources is a key in the GCS that an autoscaler reads (a local Ray's is read-only: the
+    call is harmless, and the run sizes itself from what is up); whatever happens, the run leaves it empty."""
+    from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    from cll_ray.distributed.driver import autoscaling, requested, trainer_bundles
+
+    def asked():
+        return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
+
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+
+    deadline = time.time() + 120
+    while _internal_kv_get(DEBUG_AUTOSCALING_STATUS) is None:  # the head's read-only monitor reports
+        assert time.time() < deadline, "the local Ray's monitor never reported"
+        time.sleep(1)
+    assert not autoscaling()
+    assert asked() == []  # after the local run of the fixture
+    bundles = trainer_bundles(tiny_config("cll_clip_teir", 2, "run.use_gpu=true"), 2)
+    with pytest.raises(RuntimeError, match="a method failed"):
+        with requested(bundles):
+            assert asked() == [{"CPU": 1.0, "GPU": 1}] * 4
+            raise RuntimeError("a method failed")
+    assert asked() == []
+
+
 def test_several_task_orders_in_one_trainer(local_run, tmp_path, capsys):
     """--orders 2: one Trainer learns both orders; each order is an ordinary run directory under orders/, order 0
     equals a run of that order alone, and the report compares the method across the orders."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,6 +49,53 @@ def trainers_that_fit(cfg: ExperimentConfig, resources: dict) -> int:
     return max(1, fit)
 
 
+def trainer_bundles(cfg: ExperimentConfig, trainers: int) -> list[dict]:
+    """What ``trainers`` Trainers of ``cfg`` take side by side, one bundle per Ray Train worker: the shape of
+    the config's workers, so that the autoscaler launches the node type that fits them."""
+    worker = {"CPU": cfg.run.cpus_per_worker, **({"GPU": 1} if cfg.run.use_gpu else {})}
+    return [dict(worker) for _ in range(max(1, cfg.run.num_workers) * trainers)]
+
+
+def autoscaling() -> bool:
+    """Whether an autoscaler that launches nodes watches this cluster: v2 sets its flag in the GCS; v1 writes its
+    status there on every update. Every head runs a v1 monitor, but one started without an autoscaling config
+    (a local Ray, `ray start` by hand) is read-only, and names each node's type after the node (``node_<id>``)
+    instead of a node type of the config. Where it launches nodes, what is up now says nothing of what a run
+    will get."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    if is_autoscaler_v2():
+        return True
+    status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {} if status else {}
+    return any(node_type != f"node_{node}" for node, node_type in mapping.items())
+
+
+def trainers_at_once(cfg: ExperimentConfig, trainers: int) -> int:
+    """How many of ``trainers`` Trainers start side by side: all of them where an autoscaler brings up what
+    ``requested`` asks (Ray Train retries a worker group that waits for nodes), else what the cluster holds."""
+    if autoscaling():
+        return trainers
+    return min(trainers, trainers_that_fit(cfg, ray.cluster_resources()))
+
+
+@contextmanager
+def requested(bundles: list[dict]):
+    """Ask the autoscaler for ``bundles`` at once (clusters scale from zero workers: waiting for demand to
+    appear task by task would start one node at a time), and withdraw the request when done, also on error,
+    so that idle nodes go. Without an autoscaler the request is a key in the GCS that nothing reads."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+    try:
+        yield
+    finally:
+        if ray.is_initialized():
+            request_resources(bundles=[])
+
+
 def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
     first = next(iter(cfgs.values()))
     for name, cfg in cfgs.items():
@@ -59,10 +107,12 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
     return first
 
 
-def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, num_cpus: int | None = None) -> dict:
+def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, num_cpus: int | None = None,
+                   trainers: int = 1) -> dict:
     """Dataset, base model and features, validated and copied into the run directory (workers read them there).
 
-    Features missing from the cache are computed by a Ray Data batch-inference job (``cll_ray.distributed.feature_job``).
+    Features missing from the cache are computed by a Ray Data batch-inference job (``cll_ray.distributed.feature_job``),
+    with ``run.use_gpu`` on the GPUs the run's ``trainers`` will train on, asked of the autoscaler first.
     """
     dataset = resolve_dataset(cfg, progress=progress)
     for lang in cfg.run.languages:  # validated before anything is written or Ray starts
@@ -75,8 +125,11 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, 
     base = BaseModel.load(base_dir)
     if not (features_dir / "keys.json").exists():
         ensure_ray(num_cpus)
-        load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress,
-                                 compute=lambda: compute_features(dataset, base_dir)).save(features_dir)
+        gpus = [b for b in trainer_bundles(cfg, trainers) if b.get("GPU")] if autoscaling() else []
+        with requested([{"GPU": 1} for _ in gpus]):
+            load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress,
+                                     compute=lambda: compute_features(dataset, base_dir, gpus=len(gpus))
+                                     ).save(features_dir)
     return {"dataset_dir": str(dataset), "base_dir": str(base_dir), "features_dir": str(features_dir), "base": base}
 
 
@@ -240,7 +293,7 @@ def run_experiment(
     run_dir = Path(run_dir).resolve()
     cfg = _check_compatible(cfgs)
     # 1. inputs once, on the driver; bad input fails here, before anything is written
-    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus)
+    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus, trainers=len(cfgs))
     # 2. the resolved configs, so that a crashed run can be resumed from its directory
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
@@ -257,11 +310,12 @@ def run_experiment(
                 families[family] = (family_inputs, *order_sequences(method_cfg, family_inputs, orders, plans))
             else:
                 families[family] = (family_inputs, None, build_datasets(method_cfg, family_inputs, plans[0]))
-    # 3. one Trainer per method, as many side by side as the cluster holds; the others wait their turn here,
-    # not in Ray (a Trainer waiting for its worker group gives up after RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
+    # 3. one Trainer per method, all side by side where an autoscaler brings up their workers (asked for below),
+    # else as many as the cluster holds; the others wait their turn here, not in Ray (a Trainer waiting for its
+    # worker group restarts it every RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)
     outcomes: dict[str, dict] = {}
     errors: dict[str, BaseException] = {}
-    at_once = trainers_that_fit(cfg, ray.cluster_resources())
+    at_once = trainers_at_once(cfg, len(cfgs))
     if len(cfgs) > at_once:
         print(f"{len(cfgs)} methods, {at_once} at a time (the cluster's resources)", flush=True)
     slots = threading.Semaphore(at_once)
@@ -279,10 +333,12 @@ def run_experiment(
             errors[method_cfg.method.name] = e
 
     threads = [threading.Thread(target=fit, args=(c,), name=c.method.name) for c in cfgs.values()]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with requested(trainer_bundles(cfg, at_once)):
+        print(f"trainers: {at_once} side by side, {cfg.run.num_workers} worker(s) each", flush=True)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     if errors:
         name, error = next(iter(errors.items()))
         raise RuntimeError(f"method {name} failed: {error}") from error

@@ -3,7 +3,7 @@ tower and every English source caption through the frozen text tower, once per (
 
 ``read_parquet(images) -> map_batches(decode, CPU tasks) -> map_batches(EncodeImages, actor pool)``: decoding
 runs in parallel tasks while each actor, which loads the base model once, keeps its device busy. With GPUs in
-the cluster there is one actor per GPU (``num_gpus=1``) and large batches; on CPUs one actor and small batches.
+the cluster (or asked of its autoscaler) there is one actor per GPU (``num_gpus=1``) and large batches; on CPUs one actor and small batches.
 Results are put back in the dataset's order, so the store does not depend on how Ray scheduled the blocks.
 """
 
@@ -60,16 +60,18 @@ def _collect(dataset: ray.data.Dataset, key: str, order: list[str], dim: int) ->
     return out
 
 
-def compute_features(dataset_dir: str | Path, base_dir: str | Path) -> FeatureStore:
+def compute_features(dataset_dir: str | Path, base_dir: str | Path, gpus: int = 0) -> FeatureStore:
     """The feature store of (dataset, base model in ``base_dir``), computed with Ray Data on the current cluster.
 
-    Ray Data reports its own progress (quiet under the CLI's ``RAY_DATA_DISABLE_PROGRESS_BARS=1``).
+    One encoder actor per GPU: the cluster's, or the ``gpus`` asked of an autoscaler, which may be none yet (the
+    pool starts with the first and grows as they come up). Ray Data reports its own progress (quiet under the
+    CLI's ``RAY_DATA_DISABLE_PROGRESS_BARS=1``).
     """
     dataset_dir, base_dir = str(Path(dataset_dir).absolute()), str(Path(base_dir).absolute())
     base = BaseModel.load(base_dir)  # for its sizes only
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    gpus = max(gpus, int(ray.cluster_resources().get("GPU", 0)))
     image_batch, text_batch = BATCH_SIZES["gpu" if gpus else "cpu"]
-    actor = {"compute": ray.data.ActorPoolStrategy(size=max(1, gpus)), "num_gpus": 1 if gpus else 0,
+    actor = {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, gpus)), "num_gpus": 1 if gpus else 0,
              "fn_constructor_kwargs": {"base_dir": base_dir}, "batch_format": "numpy"}
 
     image_ids = ds.read_images(dataset_dir, splits=FEATURE_SPLITS, columns=("image_id",)).column("image_id").to_pylist()

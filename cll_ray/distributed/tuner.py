@@ -27,10 +27,13 @@ from ray import tune
 from cll_ray.config import ConfigError, ExperimentConfig, save_config
 from cll_ray.distributed.cluster import ensure_ray
 from cll_ray.distributed.driver import (
+    autoscaling,
     build_trainer,
     order_sequences,
     prepare_inputs,
+    requested,
     stored_plans,
+    trainer_bundles,
     trainers_that_fit,
 )
 from cll_ray.io import atomic_write_text
@@ -101,9 +104,19 @@ def _prepare(space: SearchSpace, cfg: ExperimentConfig, orders: list[list[str]],
     }
 
 
+TRIAL_DRIVER = "TRAIN_DRIVER"  # the custom resource of the cluster configs' head (cluster/README.md)
+
+
+def trial_resources(cluster: dict) -> dict:
+    """What a trial driver asks for. It only waits on its Trainer, whose workers hold the CPUs (and GPUs): on
+    a cluster whose head offers ``TRAIN_DRIVER`` it sits there (never on a spot worker that takes it down),
+    elsewhere (a local Ray) on a sliver of a CPU."""
+    return {TRIAL_DRIVER: 0.01} if cluster.get(TRIAL_DRIVER) else {"CPU": 0.01}
+
+
 def _trainable(shared: dict):
-    # the trial driver itself only waits on its Trainer; the Trainer's workers hold the CPUs (and GPUs)
-    return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared), {"CPU": 0.01})
+    return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared),
+                               trial_resources(ray.cluster_resources()))
 
 
 def _search_and_schedule(space: SearchSpace, cfg: ExperimentConfig, total_tasks: int, concurrent: int,
@@ -148,6 +161,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
     check_sweepable(cfg)
     ensure_ray(num_cpus)
     shared = _prepare(space, cfg, order_list, sweep_dir, progress)
+    # --concurrent on an autoscaling cluster is what it scales to; otherwise the trials that fit what is up
     concurrent = concurrent or trainers_that_fit(cfg, ray.cluster_resources())
     exp_path = f"{shared['storage']}/{TUNE_NAME}"
     if not resume:
@@ -174,5 +188,6 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
                                       failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
                                       verbose=1 if progress else 0),
         )
-    return tuner.fit()
+    with requested(trainer_bundles(cfg, concurrent) if autoscaling() else []):
+        return tuner.fit()
 
