@@ -90,7 +90,6 @@ def run_configs(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     started = time.time()
     if args.resume:
         from cll_ray.checkpoint import check_resumable, load_run_configs  # no Ray import: fails fast
@@ -104,14 +103,26 @@ def _run(args: argparse.Namespace) -> int:
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
-        print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
+        print(f"run {run_dir}")
+    first = next(iter(configs.values()))
+    orders = f" (and {first.run.orders - 1} seeded orders)" if first.run.orders > 1 else ""
+    print(f"  methods: {', '.join(configs)}\n  order: {' -> '.join(first.run.languages)}{orders}\n"
+          f"  TensorBoard (live): tensorboard --logdir {run_dir / 'tensorboard'}")
+    ray_log = None if args.verbose else run_dir / "ray.log"
+    if ray_log is not None:
+        print(f"  Ray's log: {ray_log} (--verbose shows it here)")
+    from cll_ray.console import ProgressConsole, compact_table
     from cll_ray.distributed.driver import run_experiment
-    from cll_ray.report import main as report_main
+    from cll_ray.report import build_report, collect_results
 
-    run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
-    print()
-    report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
-    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    console = ProgressConsole(progress=not args.quiet)
+    try:  # tqdm bars (data generation) write carriage returns: only on a terminal
+        run_experiment(configs, run_dir, progress=not args.quiet and sys.stderr.isatty(), num_cpus=args.num_cpus,
+                       console=console, ray_log=ray_log)
+    finally:
+        console.close()
+    report = build_report(run_dir)  # report.md has the full table, heatmaps and curves
+    print(f"\n{compact_table(collect_results(run_dir))}\n\nreport: {report}")
     print(f"wall time: {time.time() - started:.0f}s")
     return 0
 
@@ -361,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress display (result lines and the table stay)")
+    run.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and the workers' output "
+                     "(by default they go to RUN_DIR/ray.log and Ray's session logs)")
     run.set_defaults(func=_run)
 
     tun = sub.add_parser("tune", help="sweep a search space across seeded task orders (Ray Tune + HyperOpt + ASHA)")

@@ -40,7 +40,7 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     finish(run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=straight"], env))
     # 2. the same run, its driver (and the local Ray it started) killed once task 1 is checkpointed
     proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=killed"], env, start_new_session=True)
-    first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task00-en"
+    first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task01-en"
     deadline = time.time() + 900
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"
@@ -68,7 +68,7 @@ def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
     # ignored, and Python then leaves it ignored in the child: Ctrl-C would never reach the run.
     proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=interrupted"], env, start_new_session=True,
                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task00-en"
+    first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task01-en"
     deadline = time.time() + 900
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"

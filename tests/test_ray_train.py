@@ -152,7 +152,7 @@ def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path
         # once task 2's checkpoint is in storage, task 1's report has surely been registered as well
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            if list(storage.glob("*/task01-fr")) and _train_workers():
+            if list(storage.glob("*/task02-fr")) and _train_workers():
                 victim = _train_workers()[0]
                 killed.append(victim.pid)
                 victim.kill()

@@ -13,24 +13,25 @@ ORPHAN_CHECK_S = 30.0
 ORPHAN_THREAD = "orphan-placement-groups"
 
 
-def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> None:
+def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bool = True) -> None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`; ``RAY_ADDRESS=auto`` joins a cluster started
     with `ray start` on this machine), else start a new local Ray, never another process's instance.
 
     A local start is retried: on a saturated machine the raylet can miss Ray's fixed 30 s registration window.
+    ``log_to_driver`` False: the workers' output stays in Ray's session logs (``cll-ray run`` without --verbose).
     """
     for attempt in range(1, attempts + 1):
         if ray.is_initialized():
             return
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
-            ray.init(log_to_driver=True)
+            ray.init(log_to_driver=log_to_driver)
             release_orphaned_placement_groups()  # a killed earlier driver's, before this one waits for CPUs
             if not any(t.name == ORPHAN_THREAD for t in threading.enumerate()):  # one per process, across re-inits
                 threading.Thread(target=_keep_releasing_orphans, args=(ORPHAN_CHECK_S,), daemon=True,
                                  name=ORPHAN_THREAD).start()
             return
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
         except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise
