@@ -90,7 +90,7 @@ class ProgressConsole:
         self.progress = progress
         self.states: dict[str, Progress] = {}
         self._lock = threading.Lock()
-        self._last = 0.0
+        self._last = time.time()  # the first plain progress lines come after one interval
         self._live = None
         if self.interactive and progress:
             from rich.console import Console
