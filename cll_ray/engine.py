@@ -213,8 +213,9 @@ def train_one_task(
 
     ``module`` is a ``TaskModule`` or a data-parallel wrapper of one: the forward of the wrapper is what runs,
     so gradients are synchronized. AdamW (fresh), 10% linear warm-up then constant, grad-norm clip, NaN guard.
-    The step never waits for the device: loss terms are summed there and read every ``log_every`` steps and at
-    each epoch's end (``on_step(step, means over those steps)``, the NaN guard); ``on_epoch(history entry)``.
+    Loss terms are summed on the device and read every ``log_every`` steps and at each epoch's end
+    (``on_step(step, their means)``, and the NaN guard), so with ``log_every`` > 1 (a run's ``run.log_every``)
+    a step does not wait for the device; ``on_epoch(history entry)`` after each epoch.
     """
     core: TaskModule = getattr(module, "module", module)
     embedding = core.student.token_embedding.weight

@@ -10,6 +10,7 @@ any task whose event never came (lost in a worker restart), so the final TensorB
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,7 +47,20 @@ class RunMonitor:
         self.configs = dict(configs)  # method -> the resolved config as a dict
         self.console = console or ProgressConsole(progress=False)
         self.boards: dict[tuple[str, str], LiveBoard] = {}
+        self.started: dict[str, float] = {}  # method -> when its Trainer started (elapsed and ETA count from it)
         self._lock = threading.RLock()
+
+    def start(self, method: str) -> None:
+        """A method's Trainer starts now."""
+        with self._lock:
+            self.started[method] = time.time()
+
+    def progress(self, method: str, key: str = ""):
+        with self._lock:
+            state = self.console.state(label(method, key))
+            if method in self.started:
+                state.started = min(state.started, self.started[method])
+            return state
 
     def board(self, method: str, key: str = "") -> LiveBoard:
         with self._lock:
@@ -70,10 +84,10 @@ class RunMonitor:
                 return
             if kind == "task":
                 self._task(method, key, event["row"])
-                state = self.console.state(label(method, key))
+                state = self.progress(method, key)
                 state.done = state.done or int(event["row"]["task"]) + 1 >= int(event.get("tasks", 0) or 0)
             elif kind in ("task_start", "step", "epoch"):
-                self.console.state(label(method, key)).update(event)
+                self.progress(method, key).update(event)
         self.console.refresh()
 
     def _task(self, method: str, key: str, row: Mapping, earlier: list | None = None) -> None:
@@ -92,7 +106,7 @@ class RunMonitor:
                 board.finish(hparams_of(self.configs[method]),
                              {f"final/{m}/{k}": cl.get(m, {}).get(k) for m in ("t2i_r1", "i2t_r1")
                               for k in ("AA", "F", "Fen")})
-            self.console.state(label(method, key)).done = True
+            self.progress(method, key).done = True
             del self.boards[method, key]
         self.console.refresh(force=True)
 

@@ -298,6 +298,7 @@ def run_experiment(
         try:
             with slots:
                 started = time.time()
+                monitor.start(method_cfg.method.name)
                 family_inputs, sequences, datasets = families[plan_file(method_cfg)]
                 result = build_trainer(method_cfg, family_inputs, datasets, run_dir, sequences=sequences,
                                        events=pump.sink).fit()
