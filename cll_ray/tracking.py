@@ -3,7 +3,7 @@
 Tags (module constants, so that other code and Tune can refer to them):
 
 - ``train/{name}`` (loss and its terms, lr, temperature): every few optimizer steps, one curve across the
-  whole sequence, x = the global step; ``train/{lang}/{name}`` beside it, the same points split by task;
+  whole sequence, x = the global step; ``train/{lang}/loss`` beside it, the loss split by task;
 - ``epoch/{name}``: each epoch's mean training loss and validation scores, x = the global step;
 - ``eval/{lang}/{metric}``: the score on every seen language after each task, x = the task number (1-based,
   as the console and the checkpoint folders ``taskNN-<lang>``);
@@ -104,11 +104,12 @@ class Tracker:
                 self.writer.add_scalar(TRAIN_TAG.format(lang=lang, name=name), v, int(global_step))
 
     def log_train(self, lang: str, global_step: int, scalars: Mapping[str, float]) -> None:
-        """``train/<name>`` (one curve across the sequence) and ``train/<lang>/<name>`` at the global step."""
+        """``train/<name>`` (one curve across the sequence) and the loss split by task, ``train/<lang>/loss``,
+        at the global step."""
         for name, value in scalars.items():
             if (v := _number(value)) is not None:
                 self.writer.add_scalar(SEQUENCE_TAG.format(name=name), v, int(global_step))
-        self.log_step(lang, global_step, scalars)
+        self.log_step(lang, global_step, {k: v for k, v in scalars.items() if k == "loss"})
 
     def log_epoch(self, global_step: int, scalars: Mapping[str, float]) -> None:
         """``epoch/<name>`` for every finite scalar, at the global step the epoch ended on."""

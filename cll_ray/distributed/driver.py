@@ -230,11 +230,17 @@ def send_ray_logs_to(path: Path) -> None:
     ``path`` instead of the console; warnings and errors included, as they are Ray's, not the run's."""
     import logging
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    class RunLogHandler(logging.FileHandler):
+        """Opened at the first line, not before: bad input stops a run before anything is written."""
+
+        def _open(self):
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+
     handler = next((h for h in logging.getLogger("ray").handlers if getattr(h, "cll_ray_file", None) == str(path)),
                    None)
     if handler is None:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = RunLogHandler(path, encoding="utf-8", delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.cll_ray_file = str(path)
     names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
@@ -318,6 +324,8 @@ def run_experiment(
     finally:
         try:
             pump.stop()
+        except Exception as e:  # after the methods' own errors, never instead of them
+            errors.setdefault("(the run's events)", e)
         finally:
             monitor.close()
     if errors:

@@ -93,8 +93,11 @@ class EventPump:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        if self.error is None:
-            self.flush()  # what arrived since the last poll
-        ray.kill(self.sink)
+        try:
+            if self.error is None:
+                self.flush()  # what arrived since the last poll
+            ray.kill(self.sink)
+        except Exception as e:  # Ray already shut down
+            self.error = self.error or e
         if self.error is not None:
             raise RuntimeError(f"writing the run's events failed: {self.error}") from self.error
