@@ -77,7 +77,7 @@ def test_the_console_shows_cll_rays_own_lines(env, tmp_path):
     assert results == ["cll_clip_teir  task 1/2 en", "cll_clip_teir  task 2/2 fr"]
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("method ")):]
     table = table[: table.index("")]
-    assert len(table) == 3 and table[2].startswith("cll_clip_teir") and max(map(len, table)) <= 110
+    assert len(table) == 4 and table[2].startswith("cll_clip_teir") and max(map(len, table)) <= 110  # + footnote
     assert lines[0] == f"run {tmp_path / 'console'}" and any("tensorboard --logdir" in line for line in lines[:5])
     assert (tmp_path / "console" / "ray.log").exists()
 
