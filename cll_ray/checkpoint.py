@@ -21,8 +21,9 @@ CHECKPOINT_FILE = "learner.pt"  # in each task's checkpoint folder
 
 
 def task_checkpoint_name(index: int, lang: str) -> str:
-    """The folder of task ``index`` (0-based) in ``<run>/<method>/checkpoints/``, e.g. ``task01-fr``."""
-    return f"task{index:02d}-{lang}"
+    """The folder of task ``index`` (0-based) in ``<run>/<method>/checkpoints/``, numbered from 1 as the console,
+    TensorBoard and ``cll-ray export --task`` number tasks: the second task, French, is ``task02-fr``."""
+    return f"task{index + 1:02d}-{lang}"
 
 
 def save_checkpoint(path: str | Path, cfg: ExperimentConfig, learner_state: dict, base_fingerprint: str,

@@ -110,16 +110,28 @@ def _run(args: argparse.Namespace) -> int:
         first = next(iter(configs.values()))
         name = first.run.name or time.strftime("run-%Y%m%d-%H%M%S")
         run_dir = Path(first.run.output_dir).expanduser().resolve() / name
-        print(f"run {run_dir}: {', '.join(configs)} on {' -> '.join(first.run.languages)}")
+        print(f"run {run_dir}")
+    first = next(iter(configs.values()))
+    orders = f" (and {first.run.orders - 1} seeded orders)" if first.run.orders > 1 else ""
+    print(f"  methods: {', '.join(configs)}\n  order: {' -> '.join(first.run.languages)}{orders}\n"
+          f"  TensorBoard (live): tensorboard --logdir {run_dir / 'tensorboard'}")
+    ray_log = None if args.verbose else run_dir / "ray.log"
+    if ray_log is not None:
+        print(f"  Ray's log: {ray_log} (--verbose shows it here)")
+    from cll_ray.console import ProgressConsole, compact_table
     from cll_ray.distributed.driver import run_experiment
-    from cll_ray.report import main as report_main
+    from cll_ray.report import build_report, collect_results
     from cll_ray.report.builder import record_run_info
 
-    run_experiment(configs, run_dir, progress=not args.quiet, num_cpus=args.num_cpus)
+    console = ProgressConsole(progress=not args.quiet)
+    try:  # tqdm bars (data generation) write carriage returns: only on a terminal
+        run_experiment(configs, run_dir, progress=not args.quiet and sys.stderr.isatty(), num_cpus=args.num_cpus,
+                       console=console, ray_log=ray_log)
+    finally:
+        console.close()
     record_run_info(run_dir, time.time() - started)  # the report shows it, with the versions
-    print()
-    report_main([str(run_dir)])  # the final table (and, with several orders, mean ± std), report.md
-    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+    report = build_report(run_dir)  # report.md has the full table, heatmaps and curves
+    print(f"\n{compact_table(collect_results(run_dir))}\n\nreport: {report}")
     print(f"wall time: {time.time() - started:.0f}s")
     return 0
 
@@ -418,11 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="Ray Train workers per method (run.num_workers)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last completed task")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress display (result lines and the table stay)")
     run.add_argument("--dry-run", action="store_true", help="print each method's resolved config, the task order, "
                      "the vocabulary each task adds and the Ray resources each method asks for; trains nothing and "
                      "starts no Ray (it may generate the dataset and train the per-language tokenizers, cached for "
                      "the run)")
+    run.add_argument("--verbose", action="store_true", help="also show Ray's own log lines and the workers' output "
+                     "(by default they go to RUN_DIR/ray.log and Ray's session logs)")
     run.set_defaults(func=_run)
 
     tun = _command(sub, "tune", "sweep a search space across seeded task orders (Ray Tune + HyperOpt + ASHA)",

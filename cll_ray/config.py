@@ -156,6 +156,7 @@ class RunConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # also the worker's torch threads; fractional values leave CPUs to Ray Data
     max_failures: int = 2  # worker-group restarts from the last task checkpoint
+    log_every: int = 10  # training scalars (loss terms, lr, temperature) read and sent every this many steps
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "run.num_workers": (0, math.inf, True, False),
     "run.cpus_per_worker": (0, math.inf, False, False),
     "run.max_failures": (-1, math.inf, True, False),  # -1: retry forever (Ray's convention)
+    "run.log_every": (1, math.inf, True, False),
 }
 _CHOICES = {
     "train.precision": ("auto", "bf16", "fp16", "fp32"),

@@ -212,9 +212,12 @@ class ContinualLearner:
         device: torch.device | None = None,
         progress: bool = True,
         on_step=None,
+        on_epoch=None,
+        log_every: int = 1,
     ) -> TaskOutcome:
         """Train the prepared task. A data-parallel worker passes its shard, its share of the batch, the step
-        count all ranks agree on, and ``wrap`` (e.g. Ray's ``prepare_model``) for the task module."""
+        count all ranks agree on, and ``wrap`` (e.g. Ray's ``prepare_model``) for the task module. ``on_step(step,
+        scalars)`` every ``log_every`` steps and ``on_epoch(history entry)``, with steps counted across stages."""
         train = self.cfg.train
         spec = task.spec or TaskSpec(task.lang, (task.lang,))
         stages = self.method.stages(spec, train)
@@ -243,6 +246,9 @@ class ContinualLearner:
                 train=replace(train, epochs=stage.epochs), validate=lambda: self._validate(task),
                 progress=progress, desc=f"task {task.index + 1} {task.lang} {stage.name}",
                 on_step=None if on_step is None else lambda step, s, done=done: on_step(done + step, s),
+                on_epoch=None if on_epoch is None else lambda h, done=done, stage=stage: on_epoch(
+                    {**h, "stage": stage.name, "steps": h["steps"] + done}),
+                log_every=log_every,
             )
             for h in outcome.history:
                 h.update(stage=stage.name, steps=h["steps"] + done)
@@ -262,6 +268,20 @@ class ContinualLearner:
                   "best_val": outcome.best_val, "history": outcome.history, "steps": outcome.steps}
         self.tasks.append(record)
         return record
+
+    def task_epochs(self, task: PreparedTask) -> int:
+        """The epochs of every training stage of the task (0 where nothing trains)."""
+        return sum(stage.epochs for stage in self.method.stages(task.spec or TaskSpec(task.lang, (task.lang,)),
+                                                                self.cfg.train))
+
+    def task_steps(self, task: PreparedTask, train_set: TrainSet | None, batch_size: int | None,
+                   steps_per_epoch: int | None) -> int:
+        """The optimizer steps the task will take, across its stages (for progress and ETA)."""
+        if train_set is None:
+            return 0
+        steps = steps_per_epoch if steps_per_epoch is not None else train_set.num_batches(
+            batch_size or self.cfg.train.batch_size)
+        return steps * self.task_epochs(task)
 
     def trains(self, task: PreparedTask) -> bool:
         """Whether the task has a training stage (MLA's English task has none)."""

@@ -238,6 +238,17 @@ def trained_state_keys(student: nn.Module) -> set[str]:
     return {k for k in student.state_dict() if k.startswith("token_embedding.") or k in trainable}
 
 
+def _read_window(window: dict[str, torch.Tensor], steps: int, error: str) -> dict[str, float]:
+    """One host sync: the means of the summed scalars over ``steps`` steps, and ``window`` emptied; a loss
+    that is not finite stops the task (the NaN guard), ``error`` naming where."""
+    keys = list(window)
+    means = dict(zip(keys, (torch.stack([window[k] for k in keys]) / steps).tolist(), strict=True))
+    if not math.isfinite(means["loss"]):
+        raise FloatingPointError(error.format(means["loss"]))
+    window.clear()
+    return means
+
+
 def train_one_task(
     module: nn.Module,
     method: Method,
@@ -249,11 +260,16 @@ def train_one_task(
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     desc: str = "train",
+    log_every: int = 1,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TaskOutcome:
     """Train one task; keep the epoch with the best current-language val ``r_mean`` (restored at the end).
 
     ``module`` is a ``TaskModule`` or a data-parallel wrapper of one: the forward of the wrapper is what runs,
     so gradients are synchronized. AdamW (fresh), 10% linear warm-up then constant, grad-norm clip, NaN guard.
+    Loss terms are summed on the device and read every ``log_every`` steps and at each epoch's end
+    (``on_step(step, their means)``, and the NaN guard), so with ``log_every`` > 1 (a run's ``run.log_every``)
+    a step does not wait for the device; ``on_epoch(history entry)`` after each epoch.
     """
     core: TaskModule = getattr(module, "module", module)
     embedding = core.student.token_embedding.weight
@@ -263,6 +279,7 @@ def train_one_task(
     scheduler = warmup_constant(optimizer, int(train.warmup_ratio * total))
     trainable = [p for p in core.parameters() if p.requires_grad]
     kept = trained_state_keys(core.student)
+    log_every = max(1, int(log_every))
 
     history: list[dict] = []
     best_epoch, best_val, best_state = -1, None, None
@@ -270,7 +287,10 @@ def train_one_task(
     bar = tqdm(total=total, desc=desc, disable=not progress, unit="step", leave=False)
     for epoch in range(train.epochs):
         module.train()
-        running: dict[str, float] = {}
+        running: dict[str, torch.Tensor] = {}  # float64 sums on the device: the epoch means in `history`
+        window: dict[str, torch.Tensor] = {}  # the same since the last read
+        lr_sum, window_steps = 0.0, 0
+
         for batch in epoch_batches(epoch):
             batch = method.extend_batch(batch)
             with autocast(batch["ids"].device, train.precision):
@@ -279,8 +299,6 @@ def train_one_task(
             embedding_out = terms.pop("embedding")
             loss = terms["loss"] + sum(extra.values())
             terms.update(extra)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step} (epoch {epoch})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
@@ -288,21 +306,40 @@ def train_one_task(
             scheduler.step()
             method.after_step(batch, embedding_out.detach().float())
             step += 1
-            scalars = {k: float(v.detach()) for k, v in terms.items()}
-            scalars["lr"] = scheduler.get_last_lr()[0]
-            scalars["temperature"] = float(core.loss.temperature.detach())
-            for k, v in scalars.items():
-                running[k] = running.get(k, 0.0) + v
-            if on_step is not None:
-                on_step(step, scalars)
+            window_steps += 1
+            values = {k: v.detach().double() for k, v in terms.items()}
+            values["temperature"] = core.loss.temperature.detach().double()
+            for k, v in values.items():
+                running[k] = running[k] + v if k in running else v
+                window[k] = window[k] + v if k in window else v
+            lr = scheduler.get_last_lr()[0]
+            lr_sum += lr
             bar.update(1)
-            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if step % log_every == 0:
+                means = _read_window(window, window_steps, f"{desc}: loss is {{}} in steps "
+                                     f"{step - window_steps + 1}-{step} (epoch {epoch})")
+                bar.set_postfix(loss=f"{means['loss']:.4f}")
+                if on_step is not None:
+                    on_step(step, {**means, "lr": lr})
+                window_steps = 0
+        if window:
+            means = _read_window(window, window_steps, f"{desc}: loss is {{}} in steps "
+                                 f"{step - window_steps + 1}-{step} (epoch {epoch})")
+            if on_step is not None:
+                on_step(step, {**means, "lr": lr})
+            window_steps = 0
         val = validate()
         if best_val is None or val["r_mean"] > best_val["r_mean"]:
             best_epoch, best_val = epoch, val
             best_state = {k: v.detach().clone() for k, v in core.student.state_dict().items() if k in kept}
-        epoch_means = mean_over_ranks({f"train_{k}": v / max(1, steps_per_epoch) for k, v in running.items()})
+        # the order of the keys as before: the loss terms, lr, temperature
+        sums = {k: float(v) for k, v in running.items() if k != "temperature"}
+        if running:
+            sums.update(lr=lr_sum, temperature=float(running["temperature"]))
+        epoch_means = mean_over_ranks({f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()})
         history.append({"epoch": epoch, "steps": step, **epoch_means, **{f"val_{k}": v for k, v in val.items()}})
+        if on_epoch is not None:
+            on_epoch(history[-1])
     bar.close()
     if best_state is None:
         raise ValueError(f"{desc}: no training epoch ran (epochs={train.epochs})")

@@ -7,6 +7,7 @@ Every open_clip attribute access lives here, so the rest of the project depends 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from importlib import resources
@@ -49,8 +50,28 @@ def build_clip(arch: str, vocab_size: int, eos_id: int, pretrained: str | None =
     if pretrained:
         model = open_clip.create_model(arch, pretrained=pretrained, text_cfg=text_cfg, require_pretrained=True)
     else:
-        model = open_clip.create_model(arch, pretrained=None, text_cfg=text_cfg)
+        with _without_random_init_warning():
+            model = open_clip.create_model(arch, pretrained=None, text_cfg=text_cfg)
     return model
+
+
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _without_random_init_warning():
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" (on the root logger) for every
+    model built without ``pretrained``; here that is never true news: every caller loads weights right after,
+    except pretraining, which starts from random weights on purpose."""
+    root = logging.getLogger()
+    quiet = _RandomInitFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 @contextmanager

@@ -127,13 +127,18 @@ def run_tasks(
     evaluate_now: bool = True,
     progress: bool = True,
     on_task: Callable[[ContinualLearner, dict], None] | None = None,
+    on_event: Callable[[dict], None] | None = None,
+    log_every: int = 10,
 ) -> ContinualLearner:
     """Learn the languages of ``order`` not yet learned (resuming after ``len(learner.tasks)``).
 
     In-process by default; a data-parallel worker supplies its shard (``train_set_for(lang)``), its share of the
-    batch, the agreed step count, a model wrapper and device, and evaluates on rank 0 only.
+    batch, the agreed step count, a model wrapper and device, and evaluates on rank 0 only. ``on_event`` gets
+    the progress as it happens (``task_start``, ``step`` every ``log_every`` steps, ``epoch``), tasks numbered
+    from 1 and steps counted across the whole sequence; ``on_task`` gets each finished task.
     """
     specs = learner.method.tasks(list(order))
+    emit = on_event or (lambda event: None)
     for t in range(len(learner.tasks), len(specs)):
         started = time.time()
         task = learner.begin_task(specs[t], build_train=train_set_for is None)
@@ -143,14 +148,21 @@ def run_tasks(
             train_set = task.train.shard(*data_parallel_rank())
         else:
             train_set = train_set_for(task.lang)
-        steps_log: list[list[float]] = []
+        steps = steps_for(len(train_set)) if steps_for is not None and train_set is not None else None
+        offset = sum(int(r["steps"]) for r in learner.tasks)  # the global step before this task
+        here = {"task": t + 1, "tasks": len(specs), "lang": task.lang}
+        emit({"kind": "task_start", **here, "step": offset, "epochs": learner.task_epochs(task),
+              "steps": learner.task_steps(task, train_set, batch_size, steps)})
         outcome = learner.train_task(
             task, train_set, batch_size=batch_size, wrap=wrap, device=device, progress=progress,
-            steps_per_epoch=steps_for(len(train_set)) if steps_for is not None and train_set is not None else None,
-            on_step=lambda step, s, log=steps_log: log.append([step, s["loss"], s["cross_lingual"], s["cross_modal"]]),
+            steps_per_epoch=steps, log_every=log_every,
+            on_step=lambda step, s, here=here, offset=offset: emit(
+                {"kind": "step", **here, "step": offset + step, "task_step": step, "scalars": s}),
+            on_epoch=lambda h, here=here, offset=offset: emit(
+                {"kind": "epoch", **here, **h, "epoch": h["epoch"] + 1, "task_step": h["steps"],
+                 "step": offset + h["steps"]}),
         )
         record = learner.end_task(task, outcome)
-        record["steps_log"] = steps_log  # (step, loss, cross_lingual, cross_modal) for TensorBoard
         record["result"] = None
         if evaluate_now:
             evaluate_task(learner, record, order, zero_shot, time.time() - started)

@@ -2,21 +2,32 @@
 
 Tags (module constants, so that other code and Tune can refer to them):
 
-- ``train/{lang}/{name}``: per optimizer step, x = the global step across the whole sequence;
-- ``eval/{lang}/{metric}``: the score on every seen language after each task, x = task index (matrix row);
+- ``train/{name}`` (loss and its terms, lr, temperature): every few optimizer steps, one curve across the
+  whole sequence, x = the global step; ``train/{lang}/loss`` beside it, the loss split by task;
+- ``epoch/{name}``: each epoch's mean training loss and validation scores, x = the global step;
+- ``eval/{lang}/{metric}``: the score on every seen language after each task, x = the task number (1-based,
+  as the console and the checkpoint folders ``taskNN-<lang>``);
 - ``cl/{metric}/{key}``: AA, F, Fen, BWT, FWT, plasticity after each task (undefined values skipped);
 - ``cl/accuracy_matrix/{metric}``: the accuracy-matrix heatmap (an image) after each task;
 - ``vocab/size``, ``vocab/new_tokens``: the vocabulary after each task and the tokens it added;
-- ``task/{name}``: seconds, best_epoch and best_val_r_mean of each task.
+- ``task/{name}``: seconds, best_epoch and best_val_r_mean of each task;
+- the text ``config`` (the resolved config) and, at the end, HParams (``log_hparams``).
+
+``LiveBoard`` writes one method's stream from the events of a run as they arrive, each task's evaluation once.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from cll_ray.io import atomic_write_text
+
 TRAIN_TAG = "train/{lang}/{name}"
+SEQUENCE_TAG = "train/{name}"
+EPOCH_TAG = "epoch/{name}"
 EVAL_TAG = "eval/{lang}/{metric}"
 CL_TAG = "cl/{metric}/{key}"
 MATRIX_TAG = "cl/accuracy_matrix/{metric}"
@@ -25,6 +36,7 @@ TASK_TAG = "task/{name}"
 MATRIX_METRICS = ("t2i_r1", "i2t_r1")
 ANNOTATE_UP_TO = 16  # heatmap images write the values in their cells up to this many languages
 HPARAMS_RUN = "hparams"  # the sub-directory add_hparams writes to
+LEDGER_FILE = "logged.json"  # in a LiveBoard's log directory: the tasks (and hparams) already written
 
 
 def _number(value) -> float | None:
@@ -91,12 +103,32 @@ class Tracker:
             if (v := _number(value)) is not None:  # a NaN loss is logged: divergence stays visible
                 self.writer.add_scalar(TRAIN_TAG.format(lang=lang, name=name), v, int(global_step))
 
+    def log_train(self, lang: str, global_step: int, scalars: Mapping[str, float]) -> None:
+        """``train/<name>`` (one curve across the sequence) and the loss split by task, ``train/<lang>/loss``,
+        at the global step."""
+        for name, value in scalars.items():
+            if (v := _number(value)) is not None:
+                self.writer.add_scalar(SEQUENCE_TAG.format(name=name), v, int(global_step))
+        self.log_step(lang, global_step, {k: v for k, v in scalars.items() if k == "loss"})
+
+    def log_epoch(self, global_step: int, scalars: Mapping[str, float]) -> None:
+        """``epoch/<name>`` for every finite scalar, at the global step the epoch ended on."""
+        for name, value in scalars.items():
+            if (v := _finite(value)) is not None:
+                self.writer.add_scalar(EPOCH_TAG.format(name=name), v, int(global_step))
+
+    def log_text(self, tag: str, text: str) -> None:
+        """A text (markdown) entry, e.g. the resolved config; indented so that it shows as code."""
+        self.writer.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
+
     def log_task(self, row: Mapping) -> None:
-        """Log a ``results.jsonl`` row: eval scores, CL metrics, matrix heatmaps, vocabulary growth."""
-        t = int(row["task"])
+        """Log a ``results.jsonl`` row (``task`` 0-based) at its task number, 1-based: eval scores, CL metrics,
+        matrix heatmaps, vocabulary growth."""
+        index = int(row["task"])
+        t = index + 1
         w = self.writer
-        self._rows = {k: r for k, r in self._rows.items() if k < t}  # a re-run task replaces what followed
-        self._rows[t] = dict(row)
+        self.keep_rows([r for k, r in sorted(self._rows.items()) if k < index])  # a re-run task replaces what followed
+        self._rows[index] = dict(row)
         rows = self.rows
         langs = list(row.get("languages") or [r["lang"] for r in rows])
         for metric, values in row.get("scores", {}).items():
@@ -120,6 +152,10 @@ class Tracker:
         if [r["task"] for r in rows] == list(range(len(rows))):  # the matrix needs every earlier row
             self._log_matrices(rows, t)
 
+    def keep_rows(self, rows: list[Mapping]) -> None:
+        """The earlier task rows the next task's heatmap builds on, without logging them (written before)."""
+        self._rows = {int(r["task"]): dict(r) for r in rows}
+
     def _log_matrices(self, rows: list[dict], t: int) -> None:
         from cll_ray.report import (
             accuracy_matrix,
@@ -136,7 +172,7 @@ class Tracker:
                 accuracy_matrix(rows, metric),
                 evaluated_languages(rows),
                 metric,
-                title=f"after task {t + 1}: accuracy matrix, {metric}",
+                title=f"after task {t}: accuracy matrix, {metric}",
                 annotate=len(rows) <= ANNOTATE_UP_TO,
                 tasks=task_languages(rows),  # a joint run: one row over every evaluated language
             )
@@ -164,3 +200,64 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LiveBoard:
+    """One method's (one task order's) TensorBoard, written from a run's events as they arrive and flushed, so
+    that it shows the progress while the method runs.
+
+    Each task's evaluation is written once, whatever repeats it: a worker group restarted after the task's event
+    but before its checkpoint, or ``--resume``. ``logged.json`` beside the events lists what is written (after
+    the events are flushed), and ``task`` skips what it lists. Training scalars lost in a restart stay lost.
+    """
+
+    def __init__(self, logdir: str | Path):
+        self.tracker = Tracker(logdir)
+        self.ledger = Path(logdir) / LEDGER_FILE
+        try:
+            stored = json.loads(self.ledger.read_text(encoding="utf-8")) if self.ledger.exists() else {}
+            self.logged, self.hparams = set(stored.get("tasks", [])), bool(stored.get("hparams"))
+            self.config = bool(stored.get("config"))
+        except (ValueError, AttributeError, TypeError) as e:
+            raise ValueError(f"{self.ledger}: not a TensorBoard ledger ({e}); delete it to write every task again") from e
+
+    def _save(self) -> None:
+        self.tracker.flush()
+        atomic_write_text(self.ledger, json.dumps({"tasks": sorted(self.logged), "hparams": self.hparams,
+                                                   "config": self.config}))
+
+    def event(self, event: Mapping) -> None:
+        """A ``step`` or ``epoch`` event of ``sequence.run_tasks``."""
+        if event["kind"] == "step":
+            self.tracker.log_train(event["lang"], event["step"], event["scalars"])
+        elif event["kind"] == "epoch":
+            self.tracker.log_epoch(event["step"], {k: v for k, v in event.items() if k.startswith(("train_", "val_"))})
+        self.tracker.flush()
+
+    def task(self, row: Mapping, earlier: list[Mapping] | None = None) -> bool:
+        """Write the evaluation of a task (a results row) unless it is written already; ``earlier``: the rows
+        before it, for the heatmap. Returns whether it was new."""
+        if earlier is not None:
+            self.tracker.keep_rows(earlier)
+        if int(row["task"]) in self.logged:
+            self.tracker.keep_rows([*self.tracker.rows, row] if earlier is None else [*earlier, row])
+            return False
+        self.tracker.log_task(row)
+        self.logged.add(int(row["task"]))
+        self._save()
+        return True
+
+    def config_text(self, text: str) -> None:
+        """The resolved config as text, once per run."""
+        if not self.config:
+            self.tracker.log_text("config", text)
+            self.config = True
+            self._save()
+
+    def finish(self, hparams: Mapping, metrics: Mapping) -> None:
+        """HParams (once per run, after its last task) and close."""
+        if not self.hparams:
+            self.tracker.log_hparams(hparams, metrics)
+            self.hparams = True
+            self._save()
+        self.tracker.close()

@@ -41,7 +41,7 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     finish(run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=straight"], env))
     # 2. the same run, its driver (and the local Ray it started) killed once task 1 is checkpointed
     proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=killed"], env, start_new_session=True)
-    first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task00-en"
+    first_checkpoint = tmp_path / "killed" / "train" / "killed-cll_clip_teir" / "task01-en"
     deadline = time.time() + 900
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"
@@ -54,6 +54,43 @@ def test_driver_killed_mid_sequence_resumes_without_losing_or_repeating_a_task(e
     langs, resumed = matrix(tmp_path / "killed")
     assert langs == ["en", "fr", "ru"]
     assert resumed == matrix(tmp_path / "straight")[1]
+    # TensorBoard, written by both drivers: every task's evaluation once
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(tmp_path / "killed" / "tensorboard" / "cll_clip_teir"), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/en/t2i_r1")] == [1, 2, 3]
+
+
+def test_the_console_shows_cll_rays_own_lines(env, tmp_path):
+    """Not a terminal (as under `ray job submit`): the header, plain progress lines, one result line per task
+    and the compact table; no Ray INFO/WARNING line (they are in RUN_DIR/ray.log), no carriage return."""
+    import re
+
+    out = finish(run_cli(["--methods", "cll_clip_teir", "--langs", "en,fr", "--workers", "1", "data.synthxm_size=tiny",
+                          "train.batch_size=32", "train.lr=5e-3", "model.language_vocab_size=600",
+                          f"run.output_dir={tmp_path}", "run.name=console"], env))
+    (tmp_path / "console.txt").write_text(out)
+    lines = out.splitlines()
+    assert [line for line in lines if re.search(r"\b(INFO|WARNING)\b", line)] == []
+    assert "initialized randomly" not in out and "TrainingReport(" not in out and "\r" not in out
+    results = [line.split(":")[0] for line in lines if re.match(r"cll_clip_teir  task \d/2 \w+: T2I R@1", line)]
+    assert results == ["cll_clip_teir  task 1/2 en", "cll_clip_teir  task 2/2 fr"]
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("method ")):]
+    table = table[: table.index("")]
+    assert len(table) == 4 and table[2].startswith("cll_clip_teir") and max(map(len, table)) <= 110  # + footnote
+    assert lines[0] == f"run {tmp_path / 'console'}" and any("tensorboard --logdir" in line for line in lines[:5])
+    assert (tmp_path / "console" / "ray.log").exists()
+
+
+def test_a_failing_workers_traceback_reaches_the_console(env, tmp_path):
+    """Ray's output goes to ray.log, but an error inside a worker still reaches the user, with its traceback."""
+    proc = run_cli(["--methods", "cll_clip_teir", "--langs", "en,fr", "--workers", "1", "data.synthxm_size=tiny",
+                    "train.batch_size=1000", "run.max_failures=0", f"run.output_dir={tmp_path}", "run.name=fails"], env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "ValueError: en: 320 training captions < batch size 1000" in out
+    assert 'cll_ray/distributed/worker.py", line' in out  # the worker's own frames
 
 
 def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
@@ -69,7 +106,7 @@ def test_ctrl_c_mid_sequence_then_resume_completes_the_run(env, tmp_path):
     # ignored, and Python then leaves it ignored in the child: Ctrl-C would never reach the run.
     proc = run_cli([*TINY, f"run.output_dir={tmp_path}", "run.name=interrupted"], env, start_new_session=True,
                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task00-en"
+    first_checkpoint = run_dir / "train" / "interrupted-cll_clip_teir" / "task01-en"
     deadline = time.time() + 900
     while not first_checkpoint.exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first task"

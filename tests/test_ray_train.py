@@ -29,13 +29,53 @@ def data_home(cli_home, monkeypatch):
     monkeypatch.setenv("CLL_RAY_HOME", str(cli_home))
 
 
+def _evaluated_tasks(board: Path) -> list[int]:
+    """The task numbers with an evaluation in a TensorBoard run, read as TensorBoard reads it."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(board), size_guidance={ea.SCALARS: 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars("eval/en/t2i_r1")] if "eval/en/t2i_r1" in acc.Tags()["scalars"] else []
+
+
 @pytest.fixture(scope="module")
 def local_run(ray_local, cli_home, tmp_path_factory, monkeypatch_module):
     """The local-mode (num_workers=0) sequence, run once: its outputs are checked here and reused as the
-    one-order reference of the several-orders test."""
+    one-order reference of the several-orders test. The run is held at the start of its last task (the train
+    loop runs in this process) until TensorBoard shows the first tasks' evaluation: what was seen then is
+    returned as ``live``."""
+    from cll_ray.continual import ContinualLearner
+
     monkeypatch_module.setenv("CLL_RAY_HOME", str(cli_home))
     run_dir = tmp_path_factory.mktemp("local") / "run"
-    return run_dir, run_experiment({"cll_clip_teir": tiny_config(workers=0)}, run_dir, progress=False)
+    at_last_task, release = threading.Event(), threading.Event()
+    begin_task = ContinualLearner.begin_task
+
+    def held_begin_task(self, task, *args, **kwargs):
+        if len(self.tasks) == 2:  # the third task of three
+            at_last_task.set()
+            release.wait(timeout=300)
+        return begin_task(self, task, *args, **kwargs)
+
+    monkeypatch_module.setattr(ContinualLearner, "begin_task", held_begin_task)
+    outcome, live = {}, {}
+    runner = threading.Thread(target=lambda: outcome.update(run_experiment(
+        {"cll_clip_teir": tiny_config(workers=0)}, run_dir, progress=False)), daemon=True)
+    runner.start()
+    try:
+        assert at_last_task.wait(timeout=600), "the run never reached its last task"
+        board = run_dir / "tensorboard" / "cll_clip_teir"
+        deadline = time.time() + 120  # the events of task 2 are on their way: the poll ends when they arrive
+        while time.time() < deadline and _evaluated_tasks(board) != [1, 2]:
+            time.sleep(0.2)
+        live = {"evaluated": _evaluated_tasks(board),
+                "checkpoints": sorted(p.name for p in (run_dir / "cll_clip_teir" / "checkpoints").iterdir()),
+                "results": (run_dir / "cll_clip_teir" / "results.jsonl").exists()}
+    finally:
+        release.set()
+        runner.join()
+    monkeypatch_module.setattr(ContinualLearner, "begin_task", begin_task)
+    return run_dir, outcome, live
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +84,29 @@ def monkeypatch_module():
         yield mp
 
 
+def test_tensorboard_is_live_and_holds_every_task_once(local_run):
+    run_dir, outcomes, live = local_run
+    # held at the start of task 3: tasks 1 and 2 evaluated on TensorBoard, task 3 not trained yet
+    assert live == {"evaluated": [1, 2], "checkpoints": ["task01-en", "task02-fr"], "results": False}
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(str(run_dir / "tensorboard" / "cll_clip_teir"),
+                              size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+    acc.Reload()
+    rows = outcomes["cll_clip_teir"]["rows"]
+    assert [(e.step, e.value) for e in acc.Scalars("eval/en/t2i_r1")] == [
+        (t + 1, pytest.approx(r["scores"]["t2i_r1"][0])) for t, r in enumerate(rows)]
+    assert [e.step for e in acc.Scalars("cl/t2i_r1/AA")] == [1, 2, 3]
+    # one loss curve across the sequence (global steps, increasing), lr and temperature beside it
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] > max(e.step for e in acc.Scalars("train/en/loss"))
+    assert {"train/lr", "train/temperature", "epoch/train_loss", "epoch/val_r_mean"} <= set(acc.Tags()["scalars"])
+    assert "config" in " ".join(acc.Tags()["tensors"])  # the resolved config, as text
+    assert list((run_dir / "tensorboard" / "cll_clip_teir" / "hparams").glob("events.out.tfevents.*"))
+
+
 def test_local_mode_run_writes_every_output(local_run):
-    run_dir, outcomes = local_run
+    run_dir, outcomes, _ = local_run
     rows = outcomes["cll_clip_teir"]["rows"]
     assert [r["lang"] for r in rows] == ["en", "fr", "ru"]
     assert len(rows[-1]["scores"]["t2i_r1"]) == 3 and np.isfinite(rows[-1]["cl"]["t2i_r1"]["F"])
@@ -175,7 +236,7 @@ def test_worker_killed_mid_run_restarts_from_task_checkpoint(ray_local, tmp_path
         # once task 2's checkpoint is in storage, task 1's report has surely been registered as well
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            if list(storage.glob("*/task01-fr")) and _train_workers():
+            if list(storage.glob("*/task02-fr")) and _train_workers():
                 victim = _train_workers()[0]
                 killed.append(victim.pid)
                 victim.kill()

@@ -53,7 +53,7 @@ def test_import_run_export_reload(ray_local, coco, tmp_path, monkeypatch):
     info = export_model(run_dir, out)  # the last task by default
     assert info["task"] == 2 and info["scores"]["t2i_r1"] == rows[-1]["scores"]["t2i_r1"]
     # the run's own embeddings, from its last checkpoint
-    state = load_checkpoint(next((run_dir / "cll_clip_teir" / "checkpoints").glob("task01-ru/learner.pt")))
+    state = load_checkpoint(next((run_dir / "cll_clip_teir" / "checkpoints").glob("task02-ru/learner.pt")))
     learner = ContinualLearner(BaseModel.load(run_dir / "base"), FeatureStore.load(run_dir / "features"), coco, cfg)
     learner.load_state_dict(state["learner"])
     with torch.no_grad():

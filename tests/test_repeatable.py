@@ -51,7 +51,7 @@ def test_same_config_twice_in_fresh_processes_gives_identical_runs(cli_home, tmp
         assert path.read_bytes() == (cli_home / "tokenizers" / path.name).read_bytes()
     assert _matrix(first) == _matrix(second)  # every score, CL metric, growth figure and loss
     first_ckpt = sorted((first / "cll_clip_teir" / "checkpoints").glob("*/learner.pt"))
-    assert [p.parent.name for p in first_ckpt] == ["task00-en", "task01-zh"]
+    assert [p.parent.name for p in first_ckpt] == ["task01-en", "task02-zh"]
 
     # the cache is hit: planning again in this process (another hash seed) trains nothing and changes nothing
     from cll_ray.base_model import BaseModel

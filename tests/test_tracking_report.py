@@ -166,27 +166,27 @@ def test_tracker_writes_tensorboard(run_dir, tmp_path):
     assert _series(acc, "train/fr/lr") == [(s, pytest.approx(1e-4)) for s in (10, 11, 12)]
 
     # eval/<lang>/<metric>: one point per task from the task that learned the language on
-    assert _series(acc, EVAL_TAG.format(lang="fr", metric="t2i_r1")) == [(1, 33.0), (2, 32.0)]
-    assert dict(_series(acc, "eval/fr/t2i_r1"))[1] == rows[1]["scores"]["t2i_r1"][1]
-    assert _series(acc, "eval/en/i2t_r1") == [(0, 45.0), (1, 44.0), (2, 43.0)]
-    assert _series(acc, "eval/de/r_mean") == [(2, 54.5)]
+    assert _series(acc, EVAL_TAG.format(lang="fr", metric="t2i_r1")) == [(2, 33.0), (3, 32.0)]
+    assert dict(_series(acc, "eval/fr/t2i_r1"))[2] == rows[1]["scores"]["t2i_r1"][1]
+    assert _series(acc, "eval/en/i2t_r1") == [(1, 45.0), (2, 44.0), (3, 43.0)]
+    assert _series(acc, "eval/de/r_mean") == [(3, 54.5)]
     assert {f"eval/{lang}/{m}" for lang in ORDER for m in RETRIEVAL_KEYS} <= tags
 
-    # cl/<metric>/<key>, NaN (task 0's F, Fen, BWT, FWT) skipped
-    assert _series(acc, CL_TAG.format(metric="t2i_r1", key="AA")) == [(0, 40.0), (1, 36.0), (2, 35.0)]
-    assert _series(acc, "cl/i2t_r1/plasticity") == [(0, 45.0), (1, 41.5), (2, 41.0)]
-    assert _series(acc, "cl/t2i_r1/F") == [(1, 1.0), (2, 1.5)]
-    assert _series(acc, "cl/r_mean/FWT") == [(1, 31.0), (2, 32.5)]
+    # cl/<metric>/<key> on the task axis (1-based), NaN (task 1's F, Fen, BWT, FWT) skipped
+    assert _series(acc, CL_TAG.format(metric="t2i_r1", key="AA")) == [(1, 40.0), (2, 36.0), (3, 35.0)]
+    assert _series(acc, "cl/i2t_r1/plasticity") == [(1, 45.0), (2, 41.5), (3, 41.0)]
+    assert _series(acc, "cl/t2i_r1/F") == [(2, 1.0), (3, 1.5)]
+    assert _series(acc, "cl/r_mean/FWT") == [(2, 31.0), (3, 32.5)]
     assert all(math.isfinite(e.value) for tag in tags for e in acc.Scalars(tag))
 
-    assert _series(acc, "vocab/size") == [(1, 1500.0), (2, 1740.0)]
-    assert _series(acc, "vocab/new_tokens") == [(1, 300.0), (2, 240.0)]
-    assert _series(acc, "task/seconds") == [(0, 10.0), (1, 11.0), (2, 12.0)]
+    assert _series(acc, "vocab/size") == [(2, 1500.0), (3, 1740.0)]
+    assert _series(acc, "vocab/new_tokens") == [(2, 300.0), (3, 240.0)]
+    assert _series(acc, "task/seconds") == [(1, 10.0), (2, 11.0), (3, 12.0)]
 
     images = acc.Tags()["images"]
     assert set(images) == {MATRIX_TAG.format(metric="t2i_r1"), MATRIX_TAG.format(metric="i2t_r1")}
     shots = acc.Images("cl/accuracy_matrix/t2i_r1")
-    assert [im.step for im in shots] == [0, 1, 2]
+    assert [im.step for im in shots] == [1, 2, 3]
     assert (
         shots[-1].width > 200 and shots[-1].height > 150 and shots[-1].encoded_image_string[:4] == b"\x89PNG"
     )

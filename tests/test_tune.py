@@ -33,7 +33,7 @@ def finished_trials(sweep_dir: Path) -> dict[str, float]:
     """Trials whose last task checkpoint (order 1, task 3) exists, with that folder's newest mtime."""
     out = {}
     for trial in (sweep_dir / "trials").glob("*"):
-        last = list((trial / "checkpoints").glob("o1-task02-*"))
+        last = list((trial / "checkpoints").glob("o1-task03-*"))
         if last and (last[0] / "learner-o1.pt").exists():
             out[trial.name] = max(p.stat().st_mtime for p in (trial / "checkpoints").rglob("*") if p.is_file())
     return out
@@ -99,7 +99,7 @@ def test_sweep_reports_every_trial_resumes_after_a_kill_and_writes_its_report(en
 
     for trial in complete:
         folder = sweep_dir / "trials" / trial.trial_id / "checkpoints"
-        last = next(folder.glob("o1-task02-*"))
+        last = next(folder.glob("o1-task03-*"))
         scores = []
         for k, order in enumerate(info["orders"]):
             records = load_checkpoint(last / f"learner-o{k}.pt")["learner"]["tasks"]

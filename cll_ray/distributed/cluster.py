@@ -8,7 +8,7 @@ import time
 import ray
 
 
-def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> str | None:
+def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bool = True) -> str | None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`; ``RAY_ADDRESS=auto`` joins a cluster started
     with `ray start` on this machine), else start a new local Ray, never another process's instance. Returns the
     dashboard's address (printed once, when this process connects), or None when Ray was already connected.
@@ -17,15 +17,16 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3) -> str | None:
     Train's placement-group cleaner asks whether a Train controller died (without it, that cleaner warns hundreds
     of times and cannot release a dead controller's groups). A local start is retried: on a saturated machine the
     raylet can miss Ray's fixed 30 s registration window.
+    ``log_to_driver`` False: the workers' output stays in Ray's session logs (``cll-ray run`` without --verbose).
     """
     for attempt in range(1, attempts + 1):
         if ray.is_initialized():
             return None
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
-            return _announce(ray.init(log_to_driver=True))
+            return _announce(ray.init(log_to_driver=log_to_driver))
         try:
             return _announce(ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                                      dashboard_host="127.0.0.1", log_to_driver=True))
+                                      dashboard_host="127.0.0.1", log_to_driver=log_to_driver))
         except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise

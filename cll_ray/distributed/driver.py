@@ -11,6 +11,7 @@ checkpointed task. Methods run side by side as independent Trainers on the same 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -25,14 +26,17 @@ from cll_ray import dataset as ds
 from cll_ray.base_model import BaseModel
 from cll_ray.checkpoint import load_checkpoint, load_run_configs  # noqa: F401 - load_run_configs: its home was here
 from cll_ray.config import ExperimentConfig, save_config
+from cll_ray.console import ProgressConsole
 from cll_ray.continual import ContinualLearner
 from cll_ray.distributed.cluster import ensure_ray
+from cll_ray.distributed.events import EventPump
 from cll_ray.distributed.feature_job import compute_features
 from cll_ray.distributed.train_data import build_train_datasets
 from cll_ray.distributed.worker import checkpoint_file, single_sequence, train_loop_per_worker
 from cll_ray.features import FeatureStore, load_or_compute_features
 from cll_ray.io import atomic_write_text
 from cll_ray.methods import build_method
+from cll_ray.monitor import RunMonitor
 from cll_ray.report import ORDERS_DIR
 from cll_ray.sequence import cll_ray_home, resolve_base, resolve_dataset, results_rows, write_jsonl
 from cll_ray.tokenization import GrowthStats
@@ -108,7 +112,7 @@ def _check_compatible(cfgs: dict[str, ExperimentConfig]) -> ExperimentConfig:
 
 
 def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, num_cpus: int | None = None,
-                   trainers: int = 1) -> dict:
+                   trainers: int = 1, log_to_driver: bool = True) -> dict:
     """Dataset, base model and features, validated and copied into the run directory (workers read them there).
 
     Features missing from the cache are computed by a Ray Data batch-inference job (``cll_ray.distributed.feature_job``),
@@ -124,7 +128,7 @@ def prepare_inputs(cfg: ExperimentConfig, run_dir: Path, progress: bool = True, 
         base.save(base_dir)
     base = BaseModel.load(base_dir)
     if not (features_dir / "keys.json").exists():
-        ensure_ray(num_cpus)
+        ensure_ray(num_cpus, log_to_driver=log_to_driver)
         gpus = [b for b in trainer_bundles(cfg, trainers) if b.get("GPU")] if autoscaling() else []
         with requested([{"GPU": 1} for _ in gpus]):
             load_or_compute_features(dataset, base, cll_ray_home(cfg), progress=progress,
@@ -219,7 +223,7 @@ def order_run_dir(run_dir: Path, key: str) -> Path:
 def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: Path, *, name: str | None = None,
                   sequences: list[dict] | None = None, checkpoint_dir: Path | None = None, storage: str | None = None,
                   objective: dict | None = None, callbacks: list | None = None,
-                  keep_checkpoints: int | None = None) -> TorchTrainer:
+                  keep_checkpoints: int | None = None, events=None) -> TorchTrainer:
     """The method's Trainer. A run passes only the first four; a sweep trial names its own Train run, passes
     its task orders as ``sequences``, the objective to report and Tune's report callback."""
     run = cfg.run
@@ -233,6 +237,7 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
         "threads_per_worker": max(1, int(run.cpus_per_worker)),
         "objective": objective,
         "keep_checkpoints": keep_checkpoints,
+        "events": events,  # the run's EventSink (None: a sweep trial sends none)
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -256,48 +261,76 @@ def build_trainer(cfg: ExperimentConfig, inputs: dict, datasets: dict, run_dir: 
 
 
 def write_outputs(cfg: ExperimentConfig, result: ray.train.Result, run_dir: Path,
-                  sequences: list[dict] | None = None) -> list[dict]:
-    """results.jsonl and TensorBoard events of one method, from its last task checkpoint (which holds every
-    sequence). Several task orders: order k's go to ``orders/o<k>/`` and TensorBoard ``<method>/o<k>``."""
+                  sequences: list[dict] | None = None, monitor: RunMonitor | None = None) -> list[dict]:
+    """results.jsonl of one method, from its last task checkpoint (which holds every sequence), and the end of
+    its TensorBoard: tasks whose events were lost, HParams. Several task orders: order k's go to
+    ``orders/o<k>/`` and TensorBoard ``<method>/o<k>``."""
     rows: list[dict] = []
+    monitor = monitor or RunMonitor(run_dir, {cfg.method.name: cfg.to_dict()})
     with result.checkpoint.as_directory() as d:
         for seq in sequences or [{"key": ""}]:
             state = load_checkpoint(Path(d) / checkpoint_file(seq["key"]))
             out = order_run_dir(run_dir, seq["key"]) if seq["key"] else run_dir
-            board = run_dir / "tensorboard" / cfg.method.name / seq["key"]
-            rows += _write_sequence(cfg, state["learner"]["tasks"], out, board)
+            sequence_rows = results_rows(state["learner"]["tasks"])
+            write_jsonl(out / cfg.method.name / "results.jsonl", sequence_rows)
+            monitor.finish(cfg.method.name, seq["key"], sequence_rows)
+            rows += sequence_rows
     return rows
 
 
-def _write_sequence(cfg: ExperimentConfig, records: list[dict], out: Path, board: Path) -> list[dict]:
-    rows = results_rows(records)
-    write_jsonl(out / cfg.method.name / "results.jsonl", rows)
-    from cll_ray.tracking import Tracker
+def send_ray_logs_to(path: Path) -> None:
+    """Ray's own log lines of this process (``ray`` and its child loggers, e.g. Ray Data's executor) go to
+    ``path`` instead of the console; warnings and errors included, as they are Ray's, not the run's."""
+    import logging
 
-    tracker = Tracker(board)
-    offset = 0
-    for record in records:
-        for step, loss, cross_lingual, cross_modal in record.get("steps_log", []):
-            tracker.log_step(record["lang"], offset + int(step),
-                             {"loss": loss, "cross_lingual": cross_lingual, "cross_modal": cross_modal})
-        offset += int(record["steps"])
-        tracker.log_task(record["result"])
-    tracker.close()
-    return rows
+    class RunLogHandler(logging.FileHandler):
+        """Opened at the first line, not before: bad input stops a run before anything is written."""
+
+        def _open(self):
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+
+    handler = next((h for h in logging.getLogger("ray").handlers if getattr(h, "cll_ray_file", None) == str(path)),
+                   None)
+    if handler is None:
+        handler = RunLogHandler(path, encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.cll_ray_file = str(path)
+    names = ["ray", *(n for n in logging.root.manager.loggerDict if n.startswith("ray."))]
+    for name in names:
+        logger = logging.getLogger(name)
+        streams = [h for h in logger.handlers if type(h) is not logging.FileHandler
+                   and isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
+        for h in streams:
+            logger.removeHandler(h)
+        if (streams or name == "ray") and handler not in logger.handlers:
+            logger.addHandler(handler)
 
 
 def run_experiment(
-    cfgs: dict[str, ExperimentConfig], run_dir: Path, progress: bool = True, num_cpus: int | None = None
+    cfgs: dict[str, ExperimentConfig], run_dir: Path, progress: bool = True, num_cpus: int | None = None,
+    console: ProgressConsole | None = None, ray_log: Path | None = None,
 ) -> dict[str, dict]:
-    """Run every method's sequence on Ray; returns {method: {"rows", "return_value", "seconds"}}."""
+    """Run every method's sequence on Ray; returns {method: {"rows", "return_value", "seconds"}}.
+
+    The workers' events reach ``console`` (default: result lines only) and each method's TensorBoard as they
+    happen. ``ray_log``: Ray's own log lines go to this file and the workers' output stays in Ray's session
+    logs (errors still reach the caller: a failed Trainer raises with its worker's traceback).
+    """
     run_dir = Path(run_dir).resolve()
     cfg = _check_compatible(cfgs)
+    quiet = ray_log is not None
+    if quiet:
+        send_ray_logs_to(ray_log)
     # 1. inputs once, on the driver; bad input fails here, before anything is written
-    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus, trainers=len(cfgs))
+    inputs = prepare_inputs(cfg, run_dir, progress=progress, num_cpus=num_cpus, trainers=len(cfgs),
+                            log_to_driver=not quiet)
     # 2. the resolved configs, so that a crashed run can be resumed from its directory
     for method_cfg in cfgs.values():
         save_config(method_cfg, run_dir / method_cfg.method.name / "config.yaml")
-    ensure_ray(num_cpus)
+    ensure_ray(num_cpus, log_to_driver=not quiet)
+    if quiet:
+        send_ray_logs_to(ray_log)  # loggers that Ray made while starting
     orders = run_orders(cfg) if cfg.run.orders > 1 else [list(cfg.run.languages)]
     # one plan and one set of tokenized datasets per tokenizer family (CLIP's BPE; MLA's WordPiece)
     families: dict[str, tuple[dict, list[dict] | None, dict]] = {}
@@ -319,26 +352,39 @@ def run_experiment(
     if len(cfgs) > at_once:
         print(f"{len(cfgs)} methods, {at_once} at a time (the cluster's resources)", flush=True)
     slots = threading.Semaphore(at_once)
+    monitor = RunMonitor(run_dir, {name: c.to_dict() for name, c in cfgs.items()}, console)
+    pump = EventPump(monitor.handle).start()
 
     def fit(method_cfg: ExperimentConfig) -> None:
         try:
             with slots:
                 started = time.time()
+                monitor.start(method_cfg.method.name)
                 family_inputs, sequences, datasets = families[plan_file(method_cfg)]
-                result = build_trainer(method_cfg, family_inputs, datasets, run_dir, sequences=sequences).fit()
-                rows = write_outputs(method_cfg, result, run_dir, sequences)
+                result = build_trainer(method_cfg, family_inputs, datasets, run_dir, sequences=sequences,
+                                       events=pump.sink).fit()
+                pump.flush()  # the method's last events, before its outputs
+                rows = write_outputs(method_cfg, result, run_dir, sequences, monitor)
                 outcomes[method_cfg.method.name] = {"rows": rows, "return_value": result.return_value,
                                                     "seconds": round(time.time() - started, 1)}
         except BaseException as e:  # reported after every method has finished
             errors[method_cfg.method.name] = e
 
     threads = [threading.Thread(target=fit, args=(c,), name=c.method.name) for c in cfgs.values()]
-    with requested(trainer_bundles(cfg, at_once)):
-        print(f"trainers: {at_once} side by side, {cfg.run.num_workers} worker(s) each", flush=True)
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    try:
+        with requested(trainer_bundles(cfg, at_once)):
+            print(f"trainers: {at_once} side by side, {cfg.run.num_workers} worker(s) each", flush=True)
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        try:
+            pump.stop()
+        except Exception as e:  # after the methods' own errors, never instead of them
+            errors.setdefault("(the run's events)", e)
+        finally:
+            monitor.close()
     if errors:
         name, error = next(iter(errors.items()))
         raise RuntimeError(f"method {name} failed: {error}") from error
