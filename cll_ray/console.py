@@ -14,10 +14,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from cll_ray.report.tables import ACROSS_KEYS, ACROSS_METRICS, _fmt, _value, column_bests
+
 TABLE_WIDTH = 110  # the final table fits this many characters
-TABLE_METRICS = ("t2i_r1", "i2t_r1")
-TABLE_KEYS = ("AA", "F", "Fen", "plasticity")
-LOWER_IS_BETTER = {"F", "Fen"}
 BEST = "*"
 
 
@@ -143,24 +142,9 @@ def result_line(label: str, row: Mapping) -> str:
     scores = " ".join(f"{lang} {v:.1f}" for lang, v in zip(langs, row["scores"]["t2i_r1"]))
     tasks = len(row.get("order") or langs) if not row.get("joint") else 1
     summary = "  ".join(f"{m.split('_')[0].upper()} AA {_fmt(cl.get(m, {}).get('AA'))} F {_fmt(cl.get(m, {}).get('F'))}"
-                        for m in TABLE_METRICS)
+                        for m in ACROSS_METRICS)
     seconds = f"  ({row['seconds']:.0f}s)" if isinstance(row.get("seconds"), int | float) else ""
     return f"{label}  task {int(row['task']) + 1}/{tasks} {row['lang']}: T2I R@1 {scores} | {summary}{seconds}"
-
-
-def _fmt(x, digits: int = 1) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "-"
-    return f"{v:.{digits}f}" if math.isfinite(v) else "-"
-
-
-def _value(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
@@ -170,15 +154,12 @@ def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
     groups: dict[str, list[Sequence[Mapping]]] = {}
     for label, rows in results.items():
         groups.setdefault(label.rsplit("/", 1)[-1], []).append(rows)
-    columns = [(m, k) for m in TABLE_METRICS for k in TABLE_KEYS]
+    columns = [(m, k) for m in ACROSS_METRICS for k in ACROSS_KEYS]
     values = {name: [[_value(rows[-1].get("cl", {}).get(m, {}).get(k)) if rows else math.nan for rows in runs]
                      for m, k in columns] for name, runs in groups.items()}
     means = {name: [float(sum(v) / len(v)) if v and all(map(math.isfinite, v)) else math.nan for v in cols]
              for name, cols in values.items()}
-    best = []
-    for c, (_, k) in enumerate(columns):
-        finite = [means[n][c] for n in means if math.isfinite(means[n][c])]
-        best.append((min if k in LOWER_IS_BETTER else max)(finite) if len(finite) > 1 else None)
+    best = column_bests(list(means.values()), [k for _, k in columns])
 
     def cell(name: str, c: int) -> str:
         runs = values[name][c]
@@ -188,7 +169,7 @@ def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
         text = f"{mean:.1f}"
         if len(runs) > 1:
             text += f"±{math.sqrt(sum((v - mean) ** 2 for v in runs) / len(runs)):.1f}"
-        return text + (BEST if best[c] is not None and round(mean, 1) == round(best[c], 1) else "")
+        return text + (BEST if math.isfinite(best[c]) and round(mean, 1) == round(best[c], 1) else "")
 
     header = ["method"] + [f"{m.split('_')[0].upper()} {'plast.' if k == 'plasticity' else k}" for m, k in columns]
     body = [[name] + [cell(name, c) for c in range(len(columns))] for name in groups]

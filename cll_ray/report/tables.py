@@ -156,6 +156,16 @@ def growth_table(results: Mapping[str, Sequence[Mapping]]) -> str:
 COMPACT_LOWER_IS_BETTER = ("F", "Fen")  # forgetting: lower is better; AA and plasticity: higher
 
 
+def column_bests(rows: Sequence[Sequence[float]], keys: Sequence[str]) -> list[float]:
+    """Each column's best value over ``rows`` (the lowest F and Fen, the highest AA and plasticity); nan where
+    fewer than two rows have a value, since a lone method is best of nothing."""
+    best = []
+    for i, key in enumerate(keys):
+        finite = [row[i] for row in rows if math.isfinite(row[i])]
+        best.append((min if key in COMPACT_LOWER_IS_BETTER else max)(finite) if len(finite) > 1 else math.nan)
+    return best
+
+
 def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
     """A table that fits a page: a row per method, T2I then I2T AA / F / Fen / plasticity after its last task,
     the best value of each column in bold (highest AA and plasticity, lowest forgetting)."""
@@ -163,11 +173,7 @@ def compact_table(results: Mapping[str, Sequence[Mapping]]) -> str:
     header = ["method", "tasks"] + [f"{m.split('_')[0].upper()} {_SHORT_KEYS.get(k, k)}" for m, k in columns]
     values = {label: [_value((rows[-1].get("cl", {}) if rows else {}).get(m, {}).get(k)) for m, k in columns]
               for label, rows in results.items()}
-    best = []
-    for i, (_, key) in enumerate(columns):
-        finite = [v[i] for v in values.values() if math.isfinite(v[i])]
-        pick = min if key in COMPACT_LOWER_IS_BETTER else max
-        best.append(pick(finite) if len(values) > 1 and finite else math.nan)
+    best = column_bests(list(values.values()), [k for _, k in columns])
     body = []
     for label, rows in results.items():
         cells = [f"**{_fmt(v)}**" if _fmt(v) == _fmt(b) else _fmt(v) for v, b in zip(values[label], best)]
