@@ -176,7 +176,9 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
     train_workers = [a for a in actors if a["class_name"] == "RayTrainWorker" and a["actor_id"] in spans]
     run_workers = [a for a in train_workers if spans[a["actor_id"]][0] < t_run]
     sweep_workers = [a for a in train_workers if spans[a["actor_id"]][0] >= t_run]
-    trial_drivers = [a for a in actors if "TRAIN_DRIVER" in (a.get("required_resources") or {})]
+    # a trial's driver runs in its Tune placement group, so it asks for the group's bundle resource
+    # (TRAIN_DRIVER_group_<i>_<id>), not TRAIN_DRIVER itself
+    trial_drivers = [a for a in actors if any(k.startswith("TRAIN_DRIVER") for k in a.get("required_resources") or {})]
     events = _autoscaler_events(temp_dir)
 
     # 5. the timeline, for the record (printed before the checks, so that a failure shows it too)
