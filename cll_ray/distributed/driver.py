@@ -352,7 +352,8 @@ def run_experiment(
     if len(cfgs) > at_once:
         print(f"{len(cfgs)} methods, {at_once} at a time (the cluster's resources)", flush=True)
     slots = threading.Semaphore(at_once)
-    monitor = RunMonitor(run_dir, {name: c.to_dict() for name, c in cfgs.items()}, console)
+    # keyed by method name, as everything the workers send is (the caller's keys may differ)
+    monitor = RunMonitor(run_dir, {c.method.name: c.to_dict() for c in cfgs.values()}, console)
     pump = EventPump(monitor.handle).start()
 
     def fit(method_cfg: ExperimentConfig) -> None:
