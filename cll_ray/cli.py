@@ -165,6 +165,12 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if grid.num_errors == 0 else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from cll_ray.bench import main as bench_main
+
+    return bench_main(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from cll_ray.distributed.sweep_report import build_sweep_report, is_sweep_dir
 
@@ -446,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--samples", type=int, default=20, help="trials (default 20)")
     tun.add_argument("--orders", type=int, help="task orders each trial runs (default: the space's `orders`)")
     tun.add_argument("--workers", type=int, help="Ray Train workers per trial (run.num_workers, at least 1)")
-    tun.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster's CPUs fit)")
+    tun.add_argument("--concurrent", type=int,
+                     help="trials at once (default: 8 on an autoscaling cluster, which asks the autoscaler for "
+                     "their workers; elsewhere as many as the cluster's CPUs and GPUs fit)")
     tun.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (ignored on a cluster)")
     tun.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep; finished trials are kept")
     tun.add_argument("--quiet", action="store_true", help="no progress output")
@@ -458,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "directory; --table prints the README's results table", "cll-ray report results/default --table")
     report_arguments(rep).set_defaults(func=_report)
     _add_model_commands(sub)
+
+    from cll_ray.bench import add_arguments as bench_arguments
+
+    ben = _command(sub, "bench", "time cll-ray's training step against the reference-equivalent step (transformers' "
+                   "CLIP text model, padding to 77, dense AdamW) on the same inputs, with FLOP/s, MFU, memory, the "
+                   "step at 50k and 400k embedding rows, evaluation throughput and the paper protocol's projected "
+                   "time", "cll-ray bench --quick\n  cll-ray bench --out results/bench/cpu.json\n"
+                   "  cll-ray bench --show results/bench/cpu.json")
+    bench_arguments(ben).set_defaults(func=_bench)
     return parser
 
 

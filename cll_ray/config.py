@@ -143,6 +143,11 @@ class TrainConfig:
     # 0: batches as the reference draws them (a plain shuffle). k > 0: each pool of k shuffled batches is sorted by
     # caption length before it is cut, and the batches are shuffled again: less padding, other batches
     length_buckets: int = 0
+    # True: under a row-group optimizer (TEIR) with one worker, the token embedding's gradient holds only the
+    # batch's rows, so its memory and clipping stay flat in the vocabulary. The step is the dense one's except that
+    # the clipping norm sums the used rows in another order (float rounding); off by default, so the default run
+    # keeps the dense arithmetic. Worth it from some 100k rows on (cll-ray bench shows both)
+    sparse_embedding_grad: bool = False
 
 
 @dataclass(frozen=True)

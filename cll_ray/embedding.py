@@ -24,6 +24,9 @@ class ExpandableTokenEmbedding(nn.Module):
         self.weight = nn.Parameter(weight.detach().clone())
         self.register_buffer("token_frequencies", torch.ones(weight.shape[0]))
         self.register_buffer("base_size", torch.tensor(weight.shape[0], dtype=torch.long))
+        # True while an optimizer that reads only the batch's rows trains it: the gradient is then a sparse
+        # tensor of the rows the batch used, not a (V, D) matrix of zeros, so memory and clipping stay flat in V
+        self.sparse_grad = False
 
     @property
     def num_embeddings(self) -> int:
@@ -34,7 +37,7 @@ class ExpandableTokenEmbedding(nn.Module):
         return self.weight.shape[1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, self.weight)  # (B, L) -> (B, L, D)
+        return nn.functional.embedding(ids, self.weight, sparse=self.sparse_grad)  # (B, L) -> (B, L, D)
 
     @torch.no_grad()
     def grow(self, new_size: int, mean: float, std: float, generator: torch.Generator | None = None) -> None:

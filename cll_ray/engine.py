@@ -22,7 +22,7 @@ from cll_ray.losses import CLLLoss
 from cll_ray.methods.base import Method
 from cll_ray.metrics import retrieval_metrics
 from cll_ray.model import TextStudent
-from cll_ray.optim import warmup_constant
+from cll_ray.optim import RowScaledAdamW, clip_grad_norm, warmup_constant
 from cll_ray.parallel import mean_over_ranks
 
 
@@ -249,6 +249,69 @@ def _read_window(window: dict[str, torch.Tensor], steps: int, error: str) -> dic
     return means
 
 
+def sparse_embedding_gradient(module: nn.Module, optimizer: torch.optim.Optimizer, train: TrainConfig) -> bool:
+    """Whether the token embedding's gradient is a sparse tensor of the batch's rows: asked for
+    (``train.sparse_embedding_grad``), the optimizer reads it through a row group, and no data-parallel wrapper
+    (which all-reduces dense gradients) sits in between."""
+    core: TaskModule = getattr(module, "module", module)
+    embedding = core.student.token_embedding.weight
+    return (train.sparse_embedding_grad and module is core and isinstance(optimizer, RowScaledAdamW)
+            and optimizer.takes_sparse_grad(embedding))
+
+
+class TrainingStep:
+    """One optimizer step on a batch, as the engine runs it and the bench times it: the method's batch, the
+    forward under autocast, the method's extra terms, backward, gradient clipping, the optimizer and schedule.
+
+    The step never waits for the device: the loss terms come back as device tensors. fp16 (GPUs without bf16)
+    runs with a ``GradScaler``; as in the reference, the schedule does not advance on a step the scaler skipped.
+    The embedding's gradient is sparse where it is asked for and can be (``sparse_embedding_gradient``).
+    """
+
+    def __init__(self, module: nn.Module, method: Method, optimizer: torch.optim.Optimizer, scheduler,
+                 trainable: list[torch.nn.Parameter], train: TrainConfig) -> None:
+        self.module, self.method, self.optimizer, self.scheduler = module, method, optimizer, scheduler
+        self.trainable, self.train = trainable, train
+        core: TaskModule = getattr(module, "module", module)
+        self.embedding = core.student.token_embedding
+        self.embedding.sparse_grad = sparse_embedding_gradient(module, optimizer, train)
+        device = self.embedding.weight.device
+        fp16 = resolve_precision(train.precision, device) == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type) if fp16 else None
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step on ``batch``; returns the loss terms (detached device tensors, extra terms included)."""
+        method, optimizer, scaler = self.method, self.optimizer, self.scaler
+        batch = method.extend_batch(batch)
+        with autocast(batch["ids"].device, self.train.precision):
+            terms = self.module(batch)
+            extra = method.extra_loss_terms(batch, terms)
+        embedding_out = terms.pop("embedding")
+        loss = terms["loss"] + sum(extra.values())
+        terms.update(extra)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            clip_grad_norm(self.trainable, self.train.grad_clip)
+            optimizer.step()
+            self.scheduler.step()
+        else:
+            scale = scaler.get_scale()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            clip_grad_norm(self.trainable, self.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() >= scale:  # the step was taken (a skipped one lowers the scale)
+                self.scheduler.step()
+        method.after_step(batch, embedding_out.detach().float())
+        return {k: v.detach() for k, v in terms.items()}
+
+    def close(self) -> None:
+        """Dense gradients again (the methods' passes after training, e.g. oEWC's Fisher, read ``p.grad``)."""
+        self.embedding.sparse_grad = False
+
+
 def train_one_task(
     module: nn.Module,
     method: Method,
@@ -280,6 +343,7 @@ def train_one_task(
     trainable = [p for p in core.parameters() if p.requires_grad]
     kept = trained_state_keys(core.student)
     log_every = max(1, int(log_every))
+    step_once = TrainingStep(module, method, optimizer, scheduler, trainable, train)
 
     history: list[dict] = []
     best_epoch, best_val, best_state = -1, None, None
@@ -292,19 +356,7 @@ def train_one_task(
         lr_sum, window_steps = 0.0, 0
 
         for batch in epoch_batches(epoch):
-            batch = method.extend_batch(batch)
-            with autocast(batch["ids"].device, train.precision):
-                terms = module(batch)
-                extra = method.extra_loss_terms(batch, terms)
-            embedding_out = terms.pop("embedding")
-            loss = terms["loss"] + sum(extra.values())
-            terms.update(extra)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            method.after_step(batch, embedding_out.detach().float())
+            terms = step_once(batch)
             step += 1
             window_steps += 1
             values = {k: v.detach().double() for k, v in terms.items()}
@@ -341,6 +393,7 @@ def train_one_task(
         if on_epoch is not None:
             on_epoch(history[-1])
     bar.close()
+    step_once.close()
     if best_state is None:
         raise ValueError(f"{desc}: no training epoch ran (epochs={train.epochs})")
     # oEWC's Fisher reflects the last epoch (trap 10): the method sees those weights before the restore

@@ -10,7 +10,8 @@ matrix θ with rows θ_i and a per-row scale r_i, at scheduled learning rate η:
 
 Only the rows listed in ``rows`` are touched and only they carry Adam state, so under TEIR (where r_i = 0 outside
 the task's tokens, i.e. those rows neither move nor decay) a step costs O(|T_t|·D), not O(V·D). Parameters
-without ``rows`` in their group are updated as plain AdamW.
+without ``rows`` in their group are updated as plain AdamW. A row group also takes a sparse gradient (the rows
+a batch used, ``nn.Embedding(sparse=True)``): the step and the gradient's memory then do not grow with V.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class RowScaledAdamW(torch.optim.Optimizer):
                     theta, grad, scale = p.data, p.grad, None
                 else:
                     rows = rows.to(p.device)
-                    theta, grad = p.data[rows], p.grad[rows]  # (R, D) copies
+                    theta, grad = p.data[rows], self._grad_at_rows(group, p.grad, rows)  # (R, D) copies
                     scale = group["row_scale"].to(p.device, p.dtype).unsqueeze(1)  # (R, 1)
                 if not state:
                     state["step"] = 0
@@ -81,6 +82,43 @@ class RowScaledAdamW(torch.optim.Optimizer):
                 if rows is not None:
                     p.data.index_copy_(0, rows, theta)
         return loss
+
+    @staticmethod
+    def _grad_at_rows(group: dict, grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The gradient's entries at ``rows``, from a dense gradient or from a sparse one (rows outside ``rows``
+        dropped, duplicates summed); zero where the batch did not use a row, exactly as the dense gradient."""
+        if not grad.is_sparse:
+            return grad[rows]
+        if "row_position" not in group:  # where each row id sits in ``rows`` (-1: not a trained row)
+            position = torch.full((grad.shape[0],), -1, dtype=torch.long, device=rows.device)
+            position[rows] = torch.arange(len(rows), device=rows.device)
+            group["row_position"] = position
+        grad = grad.coalesce()
+        position = group["row_position"][grad.indices()[0]]
+        kept = position >= 0
+        out = torch.zeros(len(rows), grad.shape[1], dtype=grad.dtype, device=grad.device)
+        return out.index_copy_(0, position[kept], grad.values()[kept])
+
+    def takes_sparse_grad(self, param: torch.Tensor) -> bool:
+        """Whether ``param`` is updated through a row group, which reads a sparse gradient."""
+        return any(g["rows"] is not None and any(q is param for q in g["params"]) for g in self.param_groups)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (exactly it when every gradient is dense), for sparse gradients too:
+    a sparse gradient is coalesced and only its values count and are scaled, which is the dense norm and scale."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    values = [p.grad._values() if p.grad.is_sparse else p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(values, 2.0)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for v in values:
+        v.mul_(coefficient.to(v.device))  # a coalesced tensor's values are a view: this scales the gradient
+    return total
 
 
 def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -59,3 +59,18 @@ def test_each_results_table_is_what_its_command_prints(path, command, table, lin
     monkeypatch.chdir(ROOT)
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == table, f"{where}: the table differs from what `{command}` prints"
+
+
+BENCH = re.compile(r"`(uv run cll-ray bench --show (results/[^`]+))`")
+
+
+def test_bench_figures_are_what_their_command_prints(capsys, monkeypatch):
+    """The README's performance figures are `cll-ray bench --show` of a committed record, verbatim."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = BENCH.findall(text)
+    assert commands, "README.md: no `uv run cll-ray bench --show results/...` command beside the performance table"
+    monkeypatch.chdir(ROOT)
+    for command, _ in commands:
+        assert main(shlex.split(command)[3:]) == 0
+        printed = capsys.readouterr().out.strip()
+        assert printed in text, f"README.md: the bench figures differ from what `{command}` prints"

@@ -147,7 +147,8 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
                  *TINY, f"run.output_dir={tmp_path}", "run.name=fake")
     assert "trainers: 2 side by side, 1 worker(s) each" in out, out[-4000:]
     t_run = time.time()
-    submit(env, "cll-ray", "tune", "tune_spaces/teir.yaml", "--samples", "2", "--orders", "1", "--concurrent", "2",
+    # no --concurrent: on an autoscaling cluster the sweep runs its trials side by side (up to 8), not what is up
+    submit(env, "cll-ray", "tune", "tune_spaces/teir.yaml", "--samples", "2", "--orders", "1",
            *TINY, f"run.languages=[{','.join(LANGS)}]", f"run.output_dir={tmp_path}", "run.name=sweep")
     t_sweep = time.time()
 
@@ -159,6 +160,7 @@ def test_fake_cluster_scales_up_for_the_run_trains_side_by_side_and_scales_down(
     assert set(summary) == set(METHODS)
     trials = sorted((tmp_path / "sweep" / "trials").iterdir())
     assert len(trials) == 2 and all((t / "config.yaml").exists() for t in trials)
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["concurrent"] == 2
 
     # 3. idle worker nodes go: wait for the head to be alone again
     deadline = time.time() + SCALE_DOWN_WAIT_S

@@ -7,7 +7,7 @@ import torch
 
 from cll_ray.config import MethodConfig, TrainConfig
 from cll_ray.methods import build_method
-from cll_ray.optim import RowScaledAdamW, warmup_constant
+from cll_ray.optim import RowScaledAdamW, clip_grad_norm, warmup_constant
 
 
 def _run(opt_factory, grads, w0):
@@ -82,3 +82,44 @@ def test_warmup_then_constant():
         sched.step()
     assert lrs == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
     assert not math.isnan(lrs[-1])
+
+
+def _embedding_steps(sparse: bool, steps: int = 3, clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few TEIR steps on a 50-row embedding through ``nn.functional.embedding``, with a dense or sparse gradient."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(50, 8))
+    rows = torch.arange(20, 40)  # the task's rows; a batch also uses rows outside them
+    opt = RowScaledAdamW([{"params": [weight], "rows": rows, "row_scale": torch.linspace(0.2, 1.0, 20)}],
+                         lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05)
+    norms = []
+    for s in range(steps):
+        ids = torch.randint(0, 50, (6, 7), generator=torch.Generator().manual_seed(s))  # repeated ids in a batch
+        loss = torch.nn.functional.embedding(ids, weight, sparse=sparse).pow(3).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        assert weight.grad.is_sparse == sparse
+        norms.append(clip_grad_norm([weight], clip))
+        opt.step()
+    return weight.detach(), torch.stack(norms)
+
+
+@pytest.mark.parametrize("clip", [1e6, 1.0])  # clipping off (coefficient 1) and on
+def test_sparse_embedding_gradient_gives_the_dense_step(clip):
+    dense, dense_norms = _embedding_steps(sparse=False, clip=clip)
+    sparse, sparse_norms = _embedding_steps(sparse=True, clip=clip)
+    torch.testing.assert_close(sparse_norms, dense_norms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-7)
+    if clip > 1e5:  # no clipping: the same sums in the same order, bit for bit
+        assert torch.equal(sparse, dense)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[20:40] = False
+    torch.manual_seed(0)
+    assert torch.equal(sparse[untouched], torch.randn(50, 8)[untouched])  # rows outside the task never move
+
+
+def test_sparse_gradient_only_through_a_row_group():
+    weight = torch.nn.Parameter(torch.randn(10, 4))
+    other = torch.nn.Parameter(torch.randn(3))
+    rowed = RowScaledAdamW([{"params": [weight], "rows": torch.arange(3)}, {"params": [other]}],
+                           lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    assert rowed.takes_sparse_grad(weight) and not rowed.takes_sparse_grad(other)

@@ -122,10 +122,12 @@ def test_local_mode_run_writes_every_output(local_run):
 def test_the_autoscaler_request_is_withdrawn_when_the_run_ends_also_on_error(local_run):
     """A run's request_resources is a key in the GCS that an autoscaler reads (a local Ray's is read-only: the
     call is harmless, and the run sizes itself from what is up); whatever happens, the run leaves it empty."""
+    import ray
     from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
     from ray.experimental.internal_kv import _internal_kv_get
 
-    from cll_ray.distributed.driver import autoscaling, requested, trainer_bundles
+    from cll_ray.distributed.driver import autoscaling, requested, trainer_bundles, trainers_that_fit
+    from cll_ray.distributed.tuner import default_concurrency
 
     def asked():
         return json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]")
@@ -137,6 +139,8 @@ def test_the_autoscaler_request_is_withdrawn_when_the_run_ends_also_on_error(loc
         assert time.time() < deadline, "the local Ray's monitor never reported"
         time.sleep(1)
     assert not autoscaling()
+    cfg = tiny_config("cll_clip_teir", 1)
+    assert default_concurrency(cfg, 20) == trainers_that_fit(cfg, ray.cluster_resources())  # what is up, here
     assert asked() == []  # after the local run of the fixture
     bundles = trainer_bundles(tiny_config("cll_clip_teir", 2, "run.use_gpu=true"), 2)
     with pytest.raises(RuntimeError, match="a method failed"):

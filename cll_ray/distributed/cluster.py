@@ -7,6 +7,11 @@ import time
 
 import ray
 
+# Idle Python workers a local Ray keeps (Ray's default: one per CPU). A run starts a Train controller and workers
+# per method, the event actor and Ray Data's actors, about 8 processes on 2 CPUs, and the raylet warns once the
+# processes reach 4x this number; with 8 it warns only for a pool that is large for any machine
+LOCAL_IDLE_WORKERS = 8
+
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bool = True) -> str | None:
     """Join the cluster in RAY_ADDRESS (as under `ray job submit`; ``RAY_ADDRESS=auto`` joins a cluster started
@@ -25,8 +30,10 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bo
         if os.environ.get("RAY_ADDRESS"):  # a cluster's resources are its own: num_cpus is for a local start
             return _announce(ray.init(log_to_driver=log_to_driver))
         try:
-            return _announce(ray.init(address="local", num_cpus=num_cpus, include_dashboard=True,
-                                      dashboard_host="127.0.0.1", log_to_driver=log_to_driver))
+            return _announce(ray.init(
+                address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                log_to_driver=log_to_driver,
+                _system_config={"num_workers_soft_limit": max(LOCAL_IDLE_WORKERS, num_cpus or os.cpu_count() or 1)}))
         except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise

@@ -114,6 +114,20 @@ def trial_resources(cluster: dict) -> dict:
     return {TRIAL_DRIVER: 0.01} if cluster.get(TRIAL_DRIVER) else {"CPU": 0.01}
 
 
+# Trials side by side on an autoscaling cluster without --concurrent: what is up at start (often no GPU worker)
+# says nothing of what the autoscaler will bring up. HyperOpt proposes from finished trials, so many more side by
+# side would make it a random search
+AUTOSCALING_TRIALS = 8
+
+
+def default_concurrency(cfg: ExperimentConfig, samples: int) -> int:
+    """Trials at once when ``--concurrent`` is not given: on an autoscaling cluster ``AUTOSCALING_TRIALS`` (the
+    sweep asks the autoscaler for their workers), otherwise the trials that fit what is up."""
+    if autoscaling():
+        return max(1, min(samples, AUTOSCALING_TRIALS))
+    return trainers_that_fit(cfg, ray.cluster_resources())
+
+
 def _trainable(shared: dict):
     return tune.with_resources(tune.with_parameters(sweep_trial, shared=shared),
                                trial_resources(ray.cluster_resources()))
@@ -161,8 +175,7 @@ def run_sweep(space_file: str | Path, sweep_dir: Path, *, overrides: list[str] =
     check_sweepable(cfg)
     ensure_ray(num_cpus)
     shared = _prepare(space, cfg, order_list, sweep_dir, progress)
-    # --concurrent on an autoscaling cluster is what it scales to; otherwise the trials that fit what is up
-    concurrent = concurrent or trainers_that_fit(cfg, ray.cluster_resources())
+    concurrent = concurrent or default_concurrency(cfg, samples)
     exp_path = f"{shared['storage']}/{TUNE_NAME}"
     if not resume:
         shutil.copyfile(space_file, sweep_dir / SPACE_COPY)
