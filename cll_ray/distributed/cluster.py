@@ -7,10 +7,11 @@ import time
 
 import ray
 
-# Idle Python workers a local Ray keeps (Ray's default: one per CPU). A run starts a Train controller and workers
-# per method, the event actor and Ray Data's actors, about 8 processes on 2 CPUs, and the raylet warns once the
-# processes reach 4x this number; with 8 it warns only for a pool that is large for any machine
-LOCAL_IDLE_WORKERS = 8
+# Python worker processes a local Ray starts at once (Ray's default: one per CPU). The raylet warns each time the
+# processes started reach a multiple of 4 or more of this number, and a run starts a Train controller and a worker
+# per method, the event actor and Ray Data's actors: about 8 processes on 2 CPUs. With 8 it warns only for a
+# pool that is large for any machine
+LOCAL_STARTUP_CONCURRENCY = 8
 
 
 def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bool = True) -> str | None:
@@ -33,7 +34,8 @@ def ensure_ray(num_cpus: int | None = None, attempts: int = 3, log_to_driver: bo
             return _announce(ray.init(
                 address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                 log_to_driver=log_to_driver,
-                _system_config={"num_workers_soft_limit": max(LOCAL_IDLE_WORKERS, num_cpus or os.cpu_count() or 1)}))
+                _system_config={"worker_maximum_startup_concurrency":
+                                max(LOCAL_STARTUP_CONCURRENCY, num_cpus or os.cpu_count() or 1)}))
         except Exception as e:  # Ray raises a bare Exception for a node that timed out during startup
             if "timed out during startup" not in str(e) or attempt == attempts:
                 raise
